@@ -34,7 +34,10 @@ def test_yaml_file(tmp_path):
 @pytest.mark.parametrize(
     "override, expected",
     [
-        ({"voxtral.dtype": "bf17"}, "voxtral.dtype: Input should be 'auto', 'bfloat16', 'float16' or 'float32'"),
+        (
+            {"voxtral.dtype": "bf17"},
+            "voxtral.dtype: Input should be 'auto', 'bfloat16', 'float16' or 'float32'",
+        ),
         ({"voxtral.modle": "x"}, "voxtral.modle: unknown key (allowed: device, dtype"),
         ({"transport.kind": "carrier-pigeon"}, "transport.kind: Input should be 'file'"),
         ({"turns.vad.stop_secs": "-1"}, "turns.vad.stop_secs: Input should be greater than or equal to 0"),

@@ -26,7 +26,9 @@ def _realtime_frames(samples: np.ndarray) -> list:
 
 @needs_espeak
 async def test_two_questions_give_two_utterances_with_pre_roll():
-    audio = conversation(["What is the capital of France?", "How many legs does a spider have?"], gap_secs=2.5)
+    audio = conversation(
+        ["What is the capital of France?", "How many legs does a spider have?"], gap_secs=2.5
+    )
     audio = np.concatenate([audio, np.zeros(int(1.5 * RATE), np.float32)])
     down, _ = await run_test(TurnStage(TurnConfig()), frames_to_send=_realtime_frames(audio))
     utterances = [f for f in down if isinstance(f, UserUtteranceFrame)]

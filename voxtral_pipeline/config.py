@@ -92,13 +92,16 @@ class KokoroConfig(_Strict):
     """Kokoro-82M text to speech."""
 
     model: str = Field(
-        "hexgrad/Kokoro-82M", description="Hub id, local directory, or dummy:tiny / dummy:full (random weights)."
+        "hexgrad/Kokoro-82M",
+        description="Hub id, local directory, or dummy:tiny / dummy:full (random weights).",
     )
     voice: str = Field("af_heart", description="Voice name, or a path to a voice .pt file.")
     speed: float = Field(1.0, gt=0.25, le=4.0)
     lang_code: Literal["a", "b"] = Field("a", description="a = American English, b = British English.")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
-    trim_db: float = Field(40.0, gt=0.0, le=90.0, description="Edge silence below peak minus this is trimmed.")
+    trim_db: float = Field(
+        40.0, gt=0.0, le=90.0, description="Edge silence below peak minus this is trimmed."
+    )
 
 
 class MetricsConfig(_Strict):
@@ -167,7 +170,11 @@ def _allowed_keys(loc: tuple) -> list[str]:
     model: type[BaseModel] = PipelineConfig
     for part in loc:
         field = model.model_fields.get(str(part))
-        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+        if (
+            field is None
+            or not isinstance(field.annotation, type)
+            or not issubclass(field.annotation, BaseModel)
+        ):
             return []
         model = field.annotation
     return sorted(model.model_fields)

@@ -41,7 +41,8 @@ def parse_model_spec(spec: str, what: str) -> ModelSpec:
         size = spec.split(":", 1)[1]
         if size not in DUMMY_SIZES:
             raise ModelUnavailableError(
-                f"unknown {what} model spec {spec!r}: use dummy:tiny or dummy:full, a hub id or a local directory"
+                f"unknown {what} model spec {spec!r}: "
+                "use dummy:tiny or dummy:full, a hub id or a local directory"
             )
         return ModelSpec("dummy", size)
     path = Path(spec).expanduser()
@@ -60,7 +61,9 @@ def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ModelUnavailableError(f"device {device!r} was asked for but no CUDA GPU is visible; use --device cpu")
+        raise ModelUnavailableError(
+            f"device {device!r} was asked for but no CUDA GPU is visible; use --device cpu"
+        )
     return device
 
 

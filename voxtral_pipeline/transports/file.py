@@ -1,0 +1,276 @@
+"""File transport: a WAV file streamed in real time like a microphone, both sides recorded.
+
+The input plays the file as 20 ms frames at real-time pace (the pipeline cannot tell it from a
+microphone), then streams silence until the bot has answered the last turn. The output plays the
+bot's audio in real time, as a speaker would, and records it on the input's timeline: the result is
+a two-channel WAV, left the user and right the bot, each sample placed where a listener would have
+heard it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from loguru import logger
+from pipecat.frames.frames import (
+    BotStartedSpeakingFrame,
+    BotStoppedSpeakingFrame,
+    EndFrame,
+    EndWorkerFrame,
+    Frame,
+    InputAudioRawFrame,
+    OutputAudioRawFrame,
+    StartFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.transports.base_input import BaseInputTransport
+from pipecat.transports.base_output import BaseOutputTransport
+from pipecat.transports.base_transport import BaseTransport, TransportParams
+
+from voxtral_pipeline.audio import float_to_pcm16, pcm16_to_float, resample
+from voxtral_pipeline.config import FileTransportConfig
+
+FRAME_SECS = 0.02
+
+
+class AudioInputError(Exception):
+    """An input file that cannot be used; the message is meant for the user as is."""
+
+
+@dataclass
+class InputAudio:
+    """Input samples, mono float32 at ``sample_rate``, plus what the file was."""
+
+    samples: np.ndarray
+    sample_rate: int
+    source_rate: int
+    source_channels: int
+
+    @property
+    def duration_secs(self) -> float:
+        return len(self.samples) / self.sample_rate
+
+
+def read_input_audio(path: str | Path, sample_rate: int = 16000) -> InputAudio:
+    """Read any WAV (any rate, mono or stereo, int or float) as mono float32 at ``sample_rate``.
+
+    Raises:
+        AudioInputError: missing file, not audio, or no samples.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise AudioInputError(f"input file not found: {path}")
+    if not path.is_file():
+        raise AudioInputError(f"input is not a file: {path}")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile's message says what it could not parse
+        raise AudioInputError(f"input is not a readable audio file: {path} ({e})") from None
+    if data.shape[0] == 0:
+        raise AudioInputError(f"input audio file is empty (no samples): {path}")
+    channels = data.shape[1]
+    mono = data.mean(axis=1) if channels > 1 else data[:, 0]
+    mono = np.nan_to_num(mono, nan=0.0, posinf=1.0, neginf=-1.0)
+    return InputAudio(resample(mono, rate, sample_rate), sample_rate, rate, channels)
+
+
+class FileInputTransport(BaseInputTransport):
+    """Streams the input file in 20 ms frames at real-time pace, then silence until the bot is done.
+
+    It ends the session (``EndWorkerFrame``) once the file and ``tail_secs`` of silence have been
+    played, no user turn is open, the last turn has been answered (or ``reply_timeout_secs``
+    passed), and the bot has been quiet for ``idle_secs``.
+    """
+
+    def __init__(self, transport: FileTransport, audio: InputAudio, config: FileTransportConfig, params):
+        super().__init__(params)
+        self._transport = transport
+        self._audio = audio
+        self._config = config
+        self._stream_task: asyncio.Task | None = None
+        self._user_in_turn = False
+        self._awaiting_reply_since: float | None = None
+        self._bot_speaking = False
+        self._last_bot_activity = 0.0
+
+    async def start(self, frame: StartFrame):
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+        if not self._stream_task:
+            self._stream_task = self.create_task(self._stream(), "file_input_stream")
+
+    async def stop(self, frame: EndFrame):
+        await self._cancel_stream()
+        await super().stop(frame)
+
+    async def cancel(self, frame):
+        await self._cancel_stream()
+        await super().cancel(frame)
+
+    async def _cancel_stream(self):
+        if self._stream_task:
+            await self.cancel_task(self._stream_task)
+            self._stream_task = None
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if direction == FrameDirection.UPSTREAM:
+            self._track(frame)
+        await super().process_frame(frame, direction)
+
+    def _track(self, frame: Frame):
+        now = time.time()
+        if isinstance(frame, UserStartedSpeakingFrame):
+            self._user_in_turn = True
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            self._user_in_turn = False
+            self._awaiting_reply_since = now
+        elif isinstance(frame, BotStartedSpeakingFrame):
+            self._bot_speaking = True
+            self._awaiting_reply_since = None
+            self._last_bot_activity = now
+        elif isinstance(frame, BotStoppedSpeakingFrame):
+            self._bot_speaking = False
+            self._last_bot_activity = now
+
+    def _done(self, now: float) -> bool:
+        if self._user_in_turn or self._bot_speaking:
+            return False
+        if self._awaiting_reply_since is not None:
+            if now - self._awaiting_reply_since < self._config.reply_timeout_secs:
+                return False
+            logger.warning(f"{self}: no reply within {self._config.reply_timeout_secs:.0f}s, ending")
+            return True
+        return now - self._last_bot_activity >= self._config.idle_secs
+
+    async def _stream(self):
+        rate = self._audio.sample_rate
+        step = int(rate * FRAME_SECS)
+        pcm = float_to_pcm16(self._audio.samples)
+        bytes_per_frame = step * 2
+        silence = b"\x00" * bytes_per_frame
+        start = time.monotonic()
+        self._transport.mark_stream_start(time.time())
+        n = 0
+        offset = 0
+        while True:
+            if offset < len(pcm):
+                chunk = pcm[offset : offset + bytes_per_frame]
+                chunk += b"\x00" * (bytes_per_frame - len(chunk))
+                offset += bytes_per_frame
+            else:
+                chunk = silence
+                if n * FRAME_SECS >= self._audio.duration_secs + self._config.tail_secs and self._done(
+                    time.time()
+                ):
+                    break
+            await self.push_audio_frame(InputAudioRawFrame(audio=chunk, sample_rate=rate, num_channels=1))
+            n += 1
+            # Absolute schedule: no drift however long each push takes.
+            delay = start + n * FRAME_SECS - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        logger.debug(f"{self}: input played ({self._audio.duration_secs:.2f}s) and bot idle, ending session")
+        await self.push_frame(EndWorkerFrame(reason="input file played"), FrameDirection.UPSTREAM)
+
+
+class FileOutputTransport(BaseOutputTransport):
+    """Plays bot audio in real time and records each sample at the moment it would be heard."""
+
+    def __init__(self, transport: FileTransport, params: TransportParams):
+        super().__init__(params)
+        self._transport = transport
+        self._next_play_time = 0.0
+
+    async def start(self, frame: StartFrame):
+        await super().start(frame)
+        await self.set_transport_ready(frame)
+
+    async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
+        samples = pcm16_to_float(frame.audio)
+        if frame.num_channels > 1:
+            samples = samples.reshape(-1, frame.num_channels).mean(axis=1)
+        now = time.time()
+        play_at = max(now, self._next_play_time)
+        self._transport.record_bot_audio(play_at, samples, frame.sample_rate)
+        duration = len(samples) / frame.sample_rate
+        self._next_play_time = play_at + duration
+        # A speaker takes the frame's duration to play it: pace like one.
+        await asyncio.sleep(max(0.0, self._next_play_time - time.time() - 0.005))
+        return True
+
+
+class FileTransport(BaseTransport):
+    """WAV file in, stereo WAV (user left, bot right) out."""
+
+    def __init__(
+        self, config: FileTransportConfig, *, in_sample_rate: int = 16000, out_sample_rate: int = 24000
+    ):
+        super().__init__()
+        if config.input is None:
+            raise AudioInputError("the file transport needs an input WAV (--input IN.wav)")
+        self._config = config
+        self._audio = read_input_audio(config.input, in_sample_rate)
+        self._out_rate = out_sample_rate
+        self._stream_start: float | None = None
+        self._bot_segments: list[tuple[float, np.ndarray]] = []
+        in_params = TransportParams(audio_in_enabled=True, audio_in_sample_rate=in_sample_rate)
+        out_params = TransportParams(
+            audio_out_enabled=True,
+            audio_out_sample_rate=out_sample_rate,
+            audio_out_10ms_chunks=2,
+            audio_out_end_silence_secs=0,
+        )
+        self._input = FileInputTransport(self, self._audio, config, in_params)
+        self._output = FileOutputTransport(self, out_params)
+
+    @property
+    def input_audio(self) -> InputAudio:
+        return self._audio
+
+    @property
+    def stream_start(self) -> float | None:
+        """Wall-clock time the first input sample was played."""
+        return self._stream_start
+
+    def input(self) -> FileInputTransport:
+        return self._input
+
+    def output(self) -> FileOutputTransport:
+        return self._output
+
+    def mark_stream_start(self, at: float) -> None:
+        self._stream_start = at
+
+    def record_bot_audio(self, at: float, samples: np.ndarray, sample_rate: int) -> None:
+        if sample_rate != self._out_rate:
+            samples = resample(samples, sample_rate, self._out_rate)
+        self._bot_segments.append((at, samples))
+
+    def bot_audio_secs(self) -> float:
+        return sum(len(s) for _, s in self._bot_segments) / self._out_rate
+
+    def recording(self) -> np.ndarray:
+        """The conversation as ``(n, 2)`` float32 at the output rate: left user, right bot."""
+        rate = self._out_rate
+        user = resample(self._audio.samples, self._audio.sample_rate, rate)
+        origin = self._stream_start or 0.0
+        placed = [(max(0, int(round((at - origin) * rate))), s) for at, s in self._bot_segments]
+        length = max([len(user)] + [i + len(s) for i, s in placed])
+        out = np.zeros((length, 2), dtype=np.float32)
+        out[: len(user), 0] = user
+        for i, s in placed:
+            out[i : i + len(s), 1] += s
+        return out
+
+    def write_recording(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(str(path), self.recording(), self._out_rate, subtype="PCM_16")
+        return path
