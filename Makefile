@@ -4,6 +4,8 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ARGS    ?=
+# The default bot: the bundled three-question conversation through the file transport.
+RUN_ARGS ?= --input examples/audio/three_questions.wav --output out/reply.wav --report out/report.json
 TORCH_CPU_VERSION ?= 2.13.0
 
 .PHONY: setup run test lint clean system-deps
@@ -32,7 +34,7 @@ system-deps:
 	fi
 
 run: setup
-	$(VENV)/bin/voxtral-pipeline run $(ARGS)
+	$(VENV)/bin/voxtral-pipeline run $(RUN_ARGS) $(ARGS)
 
 test: setup system-deps
 	$(PY) -m pytest -q $(ARGS)

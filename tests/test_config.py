@@ -69,3 +69,12 @@ def test_unknown_top_level_section():
         load_config(overrides={"nonsense.x": "1"}, environ={})
     with pytest.raises(ConfigError, match=r"vad\.confidence"):
         load_config(overrides={"turns.vad.confidence": "2"}, environ={})
+
+
+def test_configuration_reference_is_in_sync():
+    from pathlib import Path
+
+    from voxtral_pipeline.config import config_reference
+
+    doc = Path(__file__).parent.parent / "docs" / "configuration.md"
+    assert doc.read_text() == config_reference() + "\n", "run: python -m voxtral_pipeline.config > docs/configuration.md"

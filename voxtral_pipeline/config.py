@@ -256,3 +256,49 @@ def load_config(
         return PipelineConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(_format_error(e)) from None
+
+
+def _type_name(annotation: Any) -> str:
+    text = getattr(annotation, "__name__", None) if isinstance(annotation, type) else None
+    text = text or str(annotation).replace("typing.", "").replace("pathlib.", "")
+    return text.replace("Literal", "one of ").replace("NoneType", "None").replace(" | ", " or ")
+
+
+def config_reference() -> str:
+    """Markdown reference of every config key, generated from the models so it cannot drift."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `voxtral_pipeline/config.py` (`python -m voxtral_pipeline.config > "
+        "docs/configuration.md`); a test keeps it in sync.",
+        "",
+        "Layers, later ones winning: the config file (TOML, YAML or JSON), environment variables "
+        f"`{ENV_PREFIX}SECTION__KEY=value`, then CLI flags and `--set section.key=value`.",
+        "",
+    ]
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        rows, subs = [], []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                subs.append((ann, f"{prefix}{name}."))
+                continue
+            default = field.get_default(call_default_factory=True)
+            desc = (field.description or "").replace("|", "\\|")
+            rows.append(f"| `{prefix}{name}` | {_type_name(ann)} | `{default!r}` | {desc} |")
+        if rows:
+            title = prefix.rstrip(".") or "(top level)"
+            doc = (model.__doc__ or "").strip().splitlines()[0]
+            lines.extend([f"## `{title}`", "", doc, "", "| key | type | default | meaning |", "|---|---|---|---|"])
+            lines.extend(rows)
+            lines.append("")
+        for sub, sub_prefix in subs:
+            walk(sub, sub_prefix)
+
+    walk(PipelineConfig, "")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(config_reference())
