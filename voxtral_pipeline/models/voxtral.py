@@ -1,0 +1,677 @@
+"""Load Voxtral (processor + model) from a hub id, a local directory, or random dummy weights.
+
+Every spec goes through transformers' real classes: ``VoxtralProcessor`` (Whisper mel features +
+``MistralCommonBackend`` on ``tekken.json``) and ``VoxtralForConditionalGeneration``.
+
+* ``mistralai/Voxtral-Mini-3B-2507`` (any hub id): the local HuggingFace cache first, then the hub
+  (with its progress bars). Offline and not cached gives a one-sentence ``ModelUnavailableError``
+  at once, instead of the hub client's minutes of retries.
+* a local directory: the same ``from_pretrained`` calls on the path.
+* ``dummy:tiny``: a 0.3 M-parameter Voxtral with a byte-level tokenizer, saved once to the cache
+  directory and then loaded with the same ``from_pretrained`` calls as a real checkpoint.
+* ``dummy:full``: the real 3B architecture (4.68 B parameters, 131072-id vocab) with random weights,
+  built straight on the target device in the target dtype (never written to disk): real-size
+  timings on a GPU without the real weights.
+
+Random models babble control tokens; the dummies' generation configs suppress them so the output
+is visible text. They say nonsense: tests check mechanics and timing, never wording.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+import wave
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from loguru import logger
+from transformers.generation import BaseStreamer, StoppingCriteria, StoppingCriteriaList
+
+from voxtral_pipeline.audio import pcm16_to_float, resample, wav_bytes
+from voxtral_pipeline.models import (
+    ModelUnavailableError,
+    offline_message,
+    parse_model_spec,
+    resolve_device,
+)
+from voxtral_pipeline.models.tekken import (
+    AUDIO_TOKEN_ID,
+    BOS_TOKEN_ID,
+    EOS_TOKEN_ID,
+    NUM_SPECIAL_TOKENS,
+    PAD_TOKEN_ID,
+    TEKKEN_FILENAME,
+    TekkenKind,
+    byte_token_id,
+    vocab_size,
+    write_tekken,
+)
+
+DEFAULT_MODEL_ID = "mistralai/Voxtral-Mini-3B-2507"
+MODEL_FLAG = "--model"
+SAMPLE_RATE = 16000
+#: Audio tokens per 30-s chunk: every utterance is zero-padded to a multiple of 30 s.
+AUDIO_TOKENS_PER_CHUNK = 375
+HUB_PROBE_TIMEOUT_S = 5.0
+#: Bumped whenever the dummy recipe changes, so stale cached checkpoints are rebuilt.
+DUMMY_RECIPE_VERSION = 1
+#: Bytes the tiny dummy may emit: lower-case letters, space, comma, period (and EOS).
+TINY_VISIBLE_CHARS = "abcdefghijklmnopqrstuvwxyz ,."
+
+_DUMMY_MARKER = "voxtral-pipeline-dummy.json"
+_DUMMY_BUILD_LOCK = threading.Lock()
+
+
+@dataclass
+class VoxtralBundle:
+    """A loaded Voxtral: what the stage needs to tokenize, generate and decode.
+
+    Parameters:
+        processor: ``VoxtralProcessor`` (mel features + Mistral tokenizer).
+        model: ``VoxtralForConditionalGeneration`` in eval mode on ``device``.
+        device: Torch device string the model lives on.
+        dtype: Dtype of the model's weights.
+        spec: The model spec it was loaded from.
+        is_dummy: True for random weights (``dummy:tiny`` / ``dummy:full``).
+    """
+
+    processor: Any
+    model: Any
+    device: str
+    dtype: torch.dtype
+    spec: str
+    is_dummy: bool
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    @property
+    def tokenizer(self) -> Any:
+        """The ``MistralCommonBackend`` tokenizer."""
+        return self.processor.tokenizer
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.tokenizer.eos_token_id)
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held around each ``generate`` so a bundle shared by several stages runs one at a time."""
+        return self._lock
+
+    def prepare_inputs(self, conversation: list[dict[str, Any]]) -> Any:
+        """Tokenize a conversation and compute its mel features, on the model's device and dtype."""
+        inputs = self.processor.apply_chat_template(conversation)
+        return inputs.to(self.device, dtype=self.dtype)
+
+    def decode(self, token_ids: Sequence[int] | torch.Tensor) -> str:
+        """Visible text of generated ids (control tokens dropped)."""
+        if isinstance(token_ids, torch.Tensor):
+            token_ids = token_ids.tolist()
+        return self.tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Conversation helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def audio_content_part(audio: np.ndarray | bytes, sample_rate: int = SAMPLE_RATE) -> dict[str, Any]:
+    """Audio as a chat-template content part: ``{"type": "audio", "base64": <WAV>}``.
+
+    ``MistralCommonBackend`` takes audio as a base64 file (or a path/URL), not as an array. ``audio``
+    is float32 samples, or 16-bit mono PCM bytes; anything not at 16 kHz is resampled first.
+    """
+    if isinstance(audio, (bytes, bytearray, memoryview)):
+        if sample_rate == SAMPLE_RATE:
+            return {"type": "audio", "base64": base64.b64encode(_pcm16_wav(bytes(audio))).decode("ascii")}
+        audio = pcm16_to_float(bytes(audio))
+    samples = resample(np.asarray(audio, dtype=np.float32).reshape(-1), sample_rate, SAMPLE_RATE)
+    return {"type": "audio", "base64": base64.b64encode(wav_bytes(samples, SAMPLE_RATE)).decode("ascii")}
+
+
+def _pcm16_wav(pcm: bytes) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(SAMPLE_RATE)
+        w.writeframes(pcm)
+    return buf.getvalue()
+
+
+@dataclass
+class ConversationTurn:
+    """One turn of a voice conversation.
+
+    Parameters:
+        role: ``user`` (heard as audio) or ``assistant`` (what the bot answered, as text).
+        text: The assistant's text; for a user turn, optional text after the audio.
+        audio: A user turn's audio as a content part (see :func:`audio_content_part`), encoded once.
+    """
+
+    role: Literal["user", "assistant"]
+    text: str = ""
+    audio: dict[str, Any] | None = None
+
+
+def build_conversation(
+    turns: Sequence[ConversationTurn], instructions: str | None = None
+) -> list[dict[str, Any]]:
+    """Chat messages for ``apply_chat_template``.
+
+    Instructions go as a text part of the first user turn: Voxtral takes no system prompt with audio
+    (mistral-common's v7 validator rejects it). Assistant turns with no text (an answer interrupted
+    before its first word) are left out, since the validator rejects empty assistant messages.
+    """
+    messages: list[dict[str, Any]] = []
+    first_user = True
+    for turn in turns:
+        if turn.role == "assistant":
+            if turn.text:
+                messages.append({"role": "assistant", "content": turn.text})
+            continue
+        content: list[dict[str, Any]] = []
+        if turn.audio is not None:
+            content.append(turn.audio)
+        text = turn.text
+        if first_user and instructions:
+            text = f"{instructions}\n\n{text}" if text else instructions
+        if text:
+            content.append({"type": "text", "text": text})
+        first_user = False
+        if content:
+            messages.append({"role": "user", "content": content})
+    return messages
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    """``auto`` is bfloat16 on CUDA and float32 elsewhere (bf16 matmuls are slow on CPUs)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if dtype not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
+    return getattr(torch, dtype)
+
+
+def load_voxtral(
+    spec: str = DEFAULT_MODEL_ID,
+    device: str = "auto",
+    dtype: str = "auto",
+    seed: int | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+) -> VoxtralBundle:
+    """Load Voxtral from a hub id, a local directory, or ``dummy:tiny`` / ``dummy:full``.
+
+    Args:
+        spec: Hub id, local directory, or dummy spec.
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``bfloat16``, ``float16`` or ``float32``.
+        seed: Seed of the dummies' random weights (default 0); ignored for real weights.
+        cache_dir: Where dummy checkpoints are kept (default ``$VOXTRAL_PIPELINE_CACHE/dummy``, else
+            ``~/.cache/voxtral-pipeline/dummy``).
+
+    Raises:
+        ModelUnavailableError: with a one-sentence message when the model cannot be had.
+    """
+    parsed = parse_model_spec(spec, "Voxtral")
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    if parsed.kind == "dummy":
+        seed = 0 if seed is None else seed
+        if parsed.value == "tiny":
+            path = dummy_tiny_dir(seed, cache_dir)
+            processor, model = _load_cached_dummy(path, seed, dev, torch_dtype)
+        else:
+            processor, model = _build_full_dummy(seed, dev, torch_dtype, cache_dir)
+    elif parsed.kind == "local":
+        processor, model = _load_local(parsed.value, dev, torch_dtype)
+    else:
+        processor, model = _load_hub(parsed.value, dev, torch_dtype)
+    model.eval()
+    logger.info(
+        f"Voxtral {spec} loaded on {dev} ({str(torch_dtype).removeprefix('torch.')}, "
+        f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params)"
+    )
+    return VoxtralBundle(
+        processor=processor, model=model, device=dev, dtype=torch_dtype, spec=spec, is_dummy=parsed.is_dummy
+    )
+
+
+def _from_pretrained(source: str, device: str, dtype: torch.dtype, **kwargs: Any) -> tuple[Any, Any]:
+    """The one place real checkpoints are loaded, for hub ids, directories and the tiny dummy alike."""
+    from transformers import AutoProcessor, VoxtralForConditionalGeneration
+
+    processor = AutoProcessor.from_pretrained(source, **kwargs)
+    if device != "cpu" and importlib.util.find_spec("accelerate") is not None:
+        model = VoxtralForConditionalGeneration.from_pretrained(
+            source, dtype=dtype, device_map=device, **kwargs
+        )
+    else:  # without accelerate, transformers refuses device_map: load on the CPU, then move
+        model = VoxtralForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs).to(device)
+    return processor, model
+
+
+def _load_local(path: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    try:
+        return _from_pretrained(path, device, dtype, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelUnavailableError(
+            f"cannot load Voxtral model from directory {path}: {_first_line(e)}"
+        ) from e
+
+
+def _load_hub(model_id: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """The local cache first; the hub only when it answers a quick probe (its client retries for minutes)."""
+    try:
+        return _from_pretrained(model_id, device, dtype, local_files_only=True)
+    except OSError as e:
+        logger.debug(f"Voxtral {model_id} not (fully) cached: {_first_line(e)}")
+    if not hub_reachable():
+        raise ModelUnavailableError(offline_message("Voxtral", model_id, MODEL_FLAG))
+    logger.info(f"Downloading Voxtral {model_id} from the hub (first run)")
+    try:
+        return _from_pretrained(model_id, device, dtype)
+    except OSError as e:
+        raise ModelUnavailableError(
+            f"cannot download Voxtral model {model_id!r} from the hub: {_first_line(e)}"
+        ) from e
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One quick HEAD to the hub endpoint; False in offline mode (``HF_HUB_OFFLINE``)."""
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    if constants.HF_HUB_OFFLINE or any(f.strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags):
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:
+        return False
+    return True
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+# ----------------------------------------------------------------------------------------------
+# Dummy models
+# ----------------------------------------------------------------------------------------------
+
+
+def dummy_voxtral_config(size: Literal["tiny", "full"]) -> Any:
+    """``VoxtralConfig`` of a dummy: tiny sizes, or the defaults (which mirror Voxtral-Mini-3B)."""
+    from transformers import VoxtralConfig, VoxtralEncoderConfig
+
+    ids = {"bos_token_id": BOS_TOKEN_ID, "eos_token_id": EOS_TOKEN_ID, "pad_token_id": PAD_TOKEN_ID}
+    if size == "full":
+        return VoxtralConfig(audio_token_id=AUDIO_TOKEN_ID, text_config={"model_type": "llama", **ids})
+    # The processor always feeds 3000 mel frames of 128 bins per 30-s chunk (max_source_positions
+    # 1500 after the stride-2 conv), and the projector folds 4 encoder frames into one embedding
+    # (intermediate = 4 x hidden) to give the 375 audio embeddings the [AUDIO] tokens expect.
+    audio = VoxtralEncoderConfig(
+        hidden_size=32,
+        intermediate_size=128,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_mel_bins=128,
+        max_source_positions=1500,
+    )
+    # A dict text_config is merged over the 3B defaults, so every size that differs is explicit.
+    text = {
+        "model_type": "llama",
+        "vocab_size": vocab_size("tiny"),
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 16,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1e8,
+        "rms_norm_eps": 1e-5,
+        **ids,
+    }
+    return VoxtralConfig(audio_config=audio, text_config=text, audio_token_id=AUDIO_TOKEN_ID)
+
+
+def dummy_suppressed_tokens(kind: TekkenKind) -> list[int]:
+    """Ids a dummy may not emit, so a random model's output is visible text.
+
+    tiny: everything but EOS and the bytes of :data:`TINY_VISIBLE_CHARS`; full: the control ids
+    except EOS.
+    """
+    if kind == "tiny":
+        allowed = {EOS_TOKEN_ID} | {byte_token_id(b) for b in TINY_VISIBLE_CHARS.encode("ascii")}
+        return [i for i in range(vocab_size("tiny")) if i not in allowed]
+    return [i for i in range(NUM_SPECIAL_TOKENS) if i != EOS_TOKEN_ID]
+
+
+def _dummy_generation_config(kind: TekkenKind) -> Any:
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
+        bos_token_id=BOS_TOKEN_ID,
+        eos_token_id=EOS_TOKEN_ID,
+        pad_token_id=PAD_TOKEN_ID,
+        suppress_tokens=dummy_suppressed_tokens(kind),
+    )
+
+
+def _build_processor(tekken_dir: Path) -> Any:
+    from transformers import MistralCommonBackend, VoxtralProcessor, WhisperFeatureExtractor
+
+    feature_extractor = WhisperFeatureExtractor(
+        feature_size=128,
+        sampling_rate=SAMPLE_RATE,
+        hop_length=160,
+        chunk_length=30,
+        n_fft=400,
+        padding_value=0.0,
+        return_attention_mask=False,
+    )
+    tokenizer = MistralCommonBackend(tokenizer_path=str(tekken_dir / TEKKEN_FILENAME))
+    return VoxtralProcessor(feature_extractor=feature_extractor, tokenizer=tokenizer)
+
+
+def _dummy_root(cache_dir: str | Path | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    root = os.environ.get("VOXTRAL_PIPELINE_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "voxtral-pipeline"
+    return base / "dummy"
+
+
+def _recipe_key(size: str, seed: int) -> dict[str, Any]:
+    import transformers
+
+    return {
+        "size": size,
+        "seed": seed,
+        "recipe": DUMMY_RECIPE_VERSION,
+        "transformers": transformers.__version__,
+        "torch": torch.__version__.split("+")[0],
+    }
+
+
+def dummy_tiny_dir(seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+    """Directory of the cached ``dummy:tiny`` checkpoint for a seed (may not exist yet)."""
+    key = json.dumps(_recipe_key("tiny", seed), sort_keys=True)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:10]
+    return _dummy_root(cache_dir) / f"voxtral-tiny-seed{seed}-{digest}"
+
+
+def build_dummy_tiny(directory: str | Path, seed: int = 0) -> Path:
+    """Write a ``dummy:tiny`` checkpoint (config, weights, generation config, processor, tekken.json).
+
+    The folder loads with ``AutoProcessor.from_pretrained`` and
+    ``VoxtralForConditionalGeneration.from_pretrained``, like a real one.
+    """
+    from transformers import VoxtralForConditionalGeneration
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    write_tekken(directory, "tiny")
+    processor = _build_processor(directory)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = VoxtralForConditionalGeneration(dummy_voxtral_config("tiny"))
+    model.generation_config = _dummy_generation_config("tiny")
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    (directory / _DUMMY_MARKER).write_text(json.dumps(_recipe_key("tiny", seed), sort_keys=True))
+    return directory
+
+
+def _load_cached_dummy(path: Path, seed: int, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Load the cached tiny checkpoint, building it first if it is missing or unreadable."""
+    with _DUMMY_BUILD_LOCK:
+        if (path / _DUMMY_MARKER).is_file():
+            try:
+                return _from_pretrained(str(path), device, dtype, local_files_only=True)
+            except Exception as e:  # a corrupt cache is rebuilt, whatever broke in it
+                logger.warning(
+                    f"cached Voxtral dummy at {path} is unreadable ({_first_line(e)}); rebuilding it"
+                )
+        _build_atomically(path, seed)
+        return _from_pretrained(str(path), device, dtype, local_files_only=True)
+
+
+def _build_atomically(path: Path, seed: int) -> None:
+    """Build into a temporary sibling and rename, so concurrent runs never see half a checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+    try:
+        logger.info(f"Building Voxtral dummy:tiny (seed {seed}) in {path}")
+        build_dummy_tiny(tmp, seed)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is readable like any other
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not (path / _DUMMY_MARKER).is_file():  # not a concurrent build that won the race
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build_full_dummy(
+    seed: int, device: str, dtype: torch.dtype, cache_dir: str | Path | None
+) -> tuple[Any, Any]:
+    """The real 3B architecture with random weights, made on the device in the dtype (~9 GiB in bf16).
+
+    Writing 9 GiB of random weights to disk to load them back would only cost time; the tokenizer
+    file is small and cached, so the processor still loads from a directory.
+    """
+    from transformers import VoxtralForConditionalGeneration
+
+    tekken_dir = _dummy_root(cache_dir) / f"voxtral-full-tokenizer-r{DUMMY_RECIPE_VERSION}"
+    with _DUMMY_BUILD_LOCK:
+        if not (tekken_dir / TEKKEN_FILENAME).is_file():
+            write_tekken(tekken_dir, "full")
+        processor = _build_processor(tekken_dir)
+    config = dummy_voxtral_config("full")
+    logger.info(f"Building Voxtral dummy:full (random weights, seed {seed}) on {device}")
+    torch.manual_seed(seed)  # seeds the CUDA generators too
+    with torch.device(device):
+        model = VoxtralForConditionalGeneration._from_config(config, dtype=dtype)
+    # from_pretrained keeps these in float32 (``_keep_in_fp32_modules_strict``); do the same.
+    for name in getattr(model, "_keep_in_fp32_modules_strict", None) or []:
+        for module_name, module in model.named_modules():
+            if module_name.endswith(name):
+                module.float()
+    model.generation_config = _dummy_generation_config("full")
+    return processor, model
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming generation
+# ----------------------------------------------------------------------------------------------
+
+
+class TokenStreamer(BaseStreamer):
+    """Hands ``generate()``'s text out token by token, for a real time to first token.
+
+    ``TextIteratorStreamer`` holds text back to word boundaries and queues empty items; this one
+    calls ``on_delta(text, n_tokens)`` once per generated token with the text that token completed.
+    Only a token ending inside a multi-byte UTF-8 character is held back (its delta is empty) until
+    the character is whole. The prompt, which ``generate()`` pushes first, is skipped.
+    """
+
+    MAX_HELD_TOKENS = 4  # a UTF-8 character is at most 4 bytes, so at most 4 byte-level tokens
+
+    def __init__(self, tokenizer: Any, on_delta: Callable[[str, int], None]):
+        self._tokenizer = tokenizer
+        self._on_delta = on_delta
+        self._prompt_seen = False
+        self._held: list[int] = []
+        self.token_ids: list[int] = []
+
+    def _decode(self, ids: list[int]) -> str:
+        return self._tokenizer.decode(ids, skip_special_tokens=True)
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        if value.dim() > 1 and value.shape[0] > 1:
+            raise ValueError("TokenStreamer only supports batch size 1")
+        for token_id in value.reshape(-1).tolist():
+            self.token_ids.append(token_id)
+            self._held.append(token_id)
+            text = self._decode(self._held)
+            if text.endswith("\ufffd") and len(self._held) < self.MAX_HELD_TOKENS:
+                self._on_delta("", 1)
+                continue
+            self._held = []
+            self._on_delta(text, 1)
+
+    def end(self) -> None:
+        """Flush a held tail (an incomplete character at the very end decodes to U+FFFD)."""
+        if self._held:
+            text = self._decode(self._held)
+            self._held = []
+            if text:
+                self._on_delta(text, 0)
+
+
+class CancelOnEvent(StoppingCriteria):
+    """Stops ``generate()`` at the next decode step once ``event`` is set (from any thread).
+
+    Prefill (audio encoder + prompt forward) is one call and cannot be interrupted.
+    """
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
+    ) -> torch.BoolTensor:
+        return torch.full(
+            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
+        )
+
+
+def sampling_kwargs(temperature: float, top_p: float) -> dict[str, Any]:
+    """``generate()`` sampling arguments: temperature 0 means greedy decoding."""
+    if temperature <= 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_p": top_p}
+
+
+@dataclass
+class GenerationResult:
+    """What one streamed ``generate()`` produced, with its timings (seconds, ``time.perf_counter``).
+
+    Parameters:
+        token_ids: Generated ids (EOS included when the model stopped by itself).
+        text: Their visible text.
+        prompt_tokens: Prompt length, audio tokens included.
+        audio_tokens: ``[AUDIO]`` tokens in the prompt (375 per started 30 s of audio).
+        cancelled: True when stopped by the cancel event.
+        prepare_s: ``apply_chat_template`` (tokenizing + mel features).
+        first_token_s: From calling ``generate()`` to the first token (encoder + prefill + 1 step).
+        generate_s: The whole ``generate()`` call.
+    """
+
+    token_ids: list[int]
+    text: str
+    prompt_tokens: int
+    audio_tokens: int
+    cancelled: bool
+    prepare_s: float
+    first_token_s: float | None
+    generate_s: float
+
+    @property
+    def completion_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Decode rate after the first token."""
+        if self.first_token_s is None or self.completion_tokens < 2:
+            return None
+        decode_s = self.generate_s - self.first_token_s
+        return (self.completion_tokens - 1) / decode_s if decode_s > 0 else None
+
+
+def generate_streaming(
+    bundle: VoxtralBundle,
+    conversation: list[dict[str, Any]],
+    *,
+    on_delta: Callable[[str, int], None] | None = None,
+    cancel: threading.Event | None = None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> GenerationResult:
+    """Run ONE ``generate()`` for a conversation, streaming text deltas as tokens come (blocking).
+
+    Meant for a worker thread: ``on_delta(text, n_tokens)`` is called from this thread for every
+    token, and setting ``cancel`` stops generation within one decode step.
+    """
+    cancel = cancel or threading.Event()
+    first_token_at: list[float] = []
+    t0 = time.perf_counter()
+
+    def _on_delta(text: str, n_tokens: int) -> None:
+        if not first_token_at and n_tokens:
+            first_token_at.append(time.perf_counter())
+        if on_delta is not None:
+            on_delta(text, n_tokens)
+
+    inputs = bundle.prepare_inputs(conversation)
+    prepare_s = time.perf_counter() - t0
+    prompt_ids = inputs["input_ids"]
+    streamer = TokenStreamer(bundle.tokenizer, _on_delta)
+    extra: dict[str, Any] = {}
+    if bundle.model.generation_config.pad_token_id is None:  # else generate() warns on every call
+        extra["pad_token_id"] = bundle.tokenizer.pad_token_id
+    with bundle.lock, torch.inference_mode():
+        if seed is not None:
+            torch.manual_seed(seed)
+        t1 = time.perf_counter()
+        bundle.model.generate(
+            **inputs,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([CancelOnEvent(cancel)]),
+            max_new_tokens=max_new_tokens,
+            **sampling_kwargs(temperature, top_p),
+            **extra,
+        )
+        t2 = time.perf_counter()
+    return GenerationResult(
+        token_ids=list(streamer.token_ids),
+        text=bundle.decode(streamer.token_ids),
+        prompt_tokens=int(prompt_ids.shape[-1]),
+        audio_tokens=int((prompt_ids == AUDIO_TOKEN_ID).sum().item()),
+        cancelled=cancel.is_set(),
+        prepare_s=prepare_s,
+        first_token_s=first_token_at[0] - t1 if first_token_at else None,
+        generate_s=t2 - t1,
+    )
