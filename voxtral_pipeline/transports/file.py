@@ -103,6 +103,19 @@ class FileInputTransport(BaseInputTransport):
     async def start(self, frame: StartFrame):
         await super().start(frame)
         await self.set_transport_ready(frame)
+        # Stages load and warm their models in setup(), concurrently; the StartFrame reaches this
+        # transport first. Play the file only once every stage has started, as a user would only
+        # start talking once the bot is there.
+        worker = self.processor_setup.pipeline_worker if self.processor_setup else None
+        if worker is not None:
+            worker.add_event_handler("on_pipeline_started", self._on_pipeline_started)
+        else:
+            self._begin()
+
+    async def _on_pipeline_started(self, _worker, _frame):
+        self._begin()
+
+    def _begin(self):
         if not self._stream_task:
             self._stream_task = self.create_task(self._stream(), "file_input_stream")
 
