@@ -77,4 +77,6 @@ def test_configuration_reference_is_in_sync():
     from voxtral_pipeline.config import config_reference
 
     doc = Path(__file__).parent.parent / "docs" / "configuration.md"
-    assert doc.read_text() == config_reference() + "\n", "run: python -m voxtral_pipeline.config > docs/configuration.md"
+    assert doc.read_text() == config_reference() + "\n", (
+        "run: python -m voxtral_pipeline.config > docs/configuration.md"
+    )

@@ -290,7 +290,9 @@ def config_reference() -> str:
         if rows:
             title = prefix.rstrip(".") or "(top level)"
             doc = (model.__doc__ or "").strip().splitlines()[0]
-            lines.extend([f"## `{title}`", "", doc, "", "| key | type | default | meaning |", "|---|---|---|---|"])
+            lines.extend(
+                [f"## `{title}`", "", doc, "", "| key | type | default | meaning |", "|---|---|---|---|"]
+            )
             lines.extend(rows)
             lines.append("")
         for sub, sub_prefix in subs:
