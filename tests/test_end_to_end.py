@@ -144,3 +144,21 @@ def test_uncached_hub_model_is_one_clear_sentence(tmp_path):
     wav = write_wav(tmp_path / "s.wav", np.zeros(1600, np.float32))
     proc = _cli("--input", str(wav), "--model", "nobody/not-a-cached-model", "--tts-model", "dummy:tiny")
     _assert_one_line_error(proc, 1, "not in the local HuggingFace cache")
+
+
+@needs_espeak
+def test_odd_rate_stereo_float_input_just_works(tmp_path):
+    from tests.speech import speak
+
+    voice = speak("What time is it?", rate=44100)
+    pad = np.zeros(int(0.5 * 44100), np.float32)
+    mono = np.concatenate([pad, voice, pad])
+    stereo = np.stack([mono, 0.5 * mono], axis=1)
+    path = tmp_path / "odd.wav"
+    sf.write(str(path), stereo, 44100, subtype="FLOAT")
+    report_path = tmp_path / "r.json"
+    proc = _cli("--input", str(path), "--report", str(report_path), *DUMMY_ARGS)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(report_path.read_text())
+    assert report["summary"]["turns"] == 1
+    assert report["turns"][0]["voice_to_voice_ms"] is not None

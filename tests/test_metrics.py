@@ -91,3 +91,35 @@ def test_percentiles():
     assert percentiles([]) == {"p50": None, "p90": None, "p95": None}
     p = percentiles([100.0, 200.0, None, 300.0, 400.0, float("nan")])
     assert p["p50"] == 250.0 and p["p90"] == pytest.approx(370.0) and p["p95"] == pytest.approx(385.0)
+
+
+async def test_stage_in_a_pipeline_pushes_one_metrics_frame_per_turn():
+    from pipecat.frames.frames import MetricsFrame
+    from pipecat.pipeline.worker import PipelineParams
+    from pipecat.tests.utils import SleepFrame, run_test
+
+    from voxtral_pipeline.processors.metrics import VoiceTurnMetricsData
+
+    m = MetricsStage(MetricsConfig(log_turns=False))
+    frames = [
+        _utterance(1.0, 2.0),
+        LLMFullResponseStartFrame(),
+        LLMTextFrame(" hi"),
+        LLMFullResponseEndFrame(),
+        SleepFrame(sleep=0.05),
+        _utterance(3.0, 4.0),
+        SleepFrame(sleep=0.05),
+    ]
+    down, _ = await run_test(
+        m,
+        frames_to_send=frames,
+        observers=[m.observer],
+        pipeline_params=PipelineParams(enable_metrics=True),
+    )
+    turn_metrics = [
+        d for f in down if isinstance(f, MetricsFrame) for d in f.data if isinstance(d, VoiceTurnMetricsData)
+    ]
+    # The first turn closes when the second arrives, the second at the EndFrame.
+    assert [d.turn for d in turn_metrics] == [0, 1]
+    assert turn_metrics[0].ttft_ms is not None and turn_metrics[0].voice_to_voice_ms is None
+    assert [t.reply_text for t in m.turns] == ["hi", ""]
