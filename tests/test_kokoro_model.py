@@ -287,7 +287,7 @@ def test_hub_voice_download_failures_are_one_sentence(kokoro_tiny, tmp_path, mon
     cache = tmp_path / "hub"
     _fake_hub_cache(cache, _tiny_checkpoint())
     monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(kk, "_hub_reachable", lambda: True)
+    monkeypatch.setattr(kk, "hub_reachable", lambda: True)
     real_download = huggingface_hub.hf_hub_download
 
     def download(*args, **kwargs):

@@ -12,7 +12,7 @@ from transformers import MistralCommonBackend, VoxtralForConditionalGeneration
 
 from tests.voxtral_fixtures import tiny_bundle_fixture  # noqa: F401  (the tiny_bundle fixture)
 from voxtral_pipeline.audio import float_to_pcm16, pcm16_to_float
-from voxtral_pipeline.models import ModelUnavailableError
+from voxtral_pipeline.models import HUB_PROBE_TIMEOUT_S, ModelUnavailableError
 from voxtral_pipeline.models import voxtral as vx
 from voxtral_pipeline.models.tekken import (
     AUDIO_TOKEN_ID,
@@ -251,14 +251,14 @@ def test_unreachable_hub_is_probed_once_not_retried(monkeypatch):
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     probes: list[float] = []
 
-    def unreachable(timeout: float = vx.HUB_PROBE_TIMEOUT_S) -> bool:
+    def unreachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
         probes.append(timeout)
         return False
 
     monkeypatch.setattr(vx, "hub_reachable", unreachable)
     with pytest.raises(ModelUnavailableError, match="not in the local HuggingFace cache"):
         load_voxtral("voxtral-pipeline-tests/no-such-voxtral", device="cpu")
-    assert probes == [vx.HUB_PROBE_TIMEOUT_S]
+    assert probes == [HUB_PROBE_TIMEOUT_S]
 
 
 # --- streaming ---------------------------------------------------------------------------------

@@ -7,11 +7,13 @@ the same classes as the real model (vLLM's ``--load-format dummy`` is the preced
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 DUMMY_SIZES = ("tiny", "full")
+HUB_PROBE_TIMEOUT_S = 5.0
 
 
 class ModelUnavailableError(Exception):
@@ -74,3 +76,29 @@ def offline_message(what: str, model_id: str, flag: str) -> str:
         f"download it once on a connected machine (`hf download {model_id}`), point {flag} at a local "
         f"directory holding it, or use {flag} dummy:tiny for random weights"
     )
+
+
+def dummy_cache_dir() -> Path:
+    """Where built dummy checkpoints are kept: ``$VOXTRAL_PIPELINE_CACHE/dummy`` or ~/.cache."""
+    root = os.environ.get("VOXTRAL_PIPELINE_CACHE")
+    base = Path(root).expanduser() if root else Path.home() / ".cache" / "voxtral-pipeline"
+    return base / "dummy"
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """One quick HEAD to the hub endpoint; False in offline mode (``HF_HUB_OFFLINE``).
+
+    ``hf_hub_download`` and ``from_pretrained`` retry for 20 s to minutes before failing on an
+    unreachable hub; this probe lets a loader say so at once.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.utils import get_session
+
+    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
+    if constants.HF_HUB_OFFLINE or any(f.strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags):
+        return False
+    try:
+        get_session().head(constants.ENDPOINT, timeout=timeout)
+    except Exception:
+        return False
+    return True

@@ -37,6 +37,8 @@ from loguru import logger
 
 from voxtral_pipeline.models import (
     ModelUnavailableError,
+    dummy_cache_dir,
+    hub_reachable,
     offline_message,
     parse_model_spec,
     resolve_device,
@@ -282,12 +284,6 @@ def _build_kmodel(config: dict[str, Any], checkpoint: str) -> Any:
     return KModel(repo_id=KOKORO_REPO_ID, config=config, model=checkpoint)
 
 
-def _cache_dir() -> Path:
-    root = os.environ.get("VOXTRAL_PIPELINE_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "voxtral-pipeline"
-    return base / "dummy"
-
-
 def _dummy_checkpoint_path(size: str, config: dict[str, Any], seed: int) -> Path:
     key = json.dumps(
         {
@@ -299,7 +295,7 @@ def _dummy_checkpoint_path(size: str, config: dict[str, Any], seed: int) -> Path
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:10]
-    return _cache_dir() / f"kokoro-{size}-seed{seed}-{digest}.pth"
+    return dummy_cache_dir() / f"kokoro-{size}-seed{seed}-{digest}.pth"
 
 
 def _load_dummy_model(size: str, config: dict[str, Any], seed: int) -> Any:
@@ -398,7 +394,7 @@ def _hub_files(repo_id: str, voice: str) -> tuple[Path, Path, list[Path]]:
 
     found = {f: _hub_cached(repo_id, f) for f in wanted}
     missing = [f for f, p in found.items() if p is None]
-    if missing and not _hub_reachable():
+    if missing and not hub_reachable():
         raise ModelUnavailableError(_unreachable_message(repo_id, missing[0]))
     for f in missing:
         found[f] = _hub_download(repo_id, f)
@@ -430,21 +426,6 @@ def _hub_cached(repo_id: str, filename: str) -> Path | None:
         return Path(hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=True))
     except LocalEntryNotFoundError:
         return None
-
-
-def _hub_reachable() -> bool:
-    """One quick HEAD to the hub; hf_hub_download itself retries for ~20 s before giving up."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    offline = os.environ.get("HF_HUB_OFFLINE", "") or os.environ.get("TRANSFORMERS_OFFLINE", "")
-    if constants.HF_HUB_OFFLINE or offline.upper() in ("1", "ON", "YES", "TRUE"):
-        return False
-    try:
-        get_session().head(constants.ENDPOINT, timeout=5)
-    except Exception:
-        return False
-    return True
 
 
 def _hub_download(repo_id: str, filename: str) -> Path:

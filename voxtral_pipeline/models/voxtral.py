@@ -43,6 +43,8 @@ from transformers.generation import BaseStreamer, StoppingCriteria, StoppingCrit
 from voxtral_pipeline.audio import pcm16_to_float, resample, wav_bytes
 from voxtral_pipeline.models import (
     ModelUnavailableError,
+    dummy_cache_dir,
+    hub_reachable,
     offline_message,
     parse_model_spec,
     resolve_device,
@@ -65,7 +67,6 @@ MODEL_FLAG = "--model"
 SAMPLE_RATE = 16000
 #: Audio tokens per 30-s chunk: every utterance is zero-padded to a multiple of 30 s.
 AUDIO_TOKENS_PER_CHUNK = 375
-HUB_PROBE_TIMEOUT_S = 5.0
 #: Bumped whenever the dummy recipe changes, so stale cached checkpoints are rebuilt.
 DUMMY_RECIPE_VERSION = 1
 #: Bytes the tiny dummy may emit: lower-case letters, space, comma, period (and EOS).
@@ -295,21 +296,6 @@ def _load_hub(model_id: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]
         ) from e
 
 
-def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
-    """One quick HEAD to the hub endpoint; False in offline mode (``HF_HUB_OFFLINE``)."""
-    from huggingface_hub import constants
-    from huggingface_hub.utils import get_session
-
-    flags = (os.environ.get("HF_HUB_OFFLINE", ""), os.environ.get("TRANSFORMERS_OFFLINE", ""))
-    if constants.HF_HUB_OFFLINE or any(f.strip().upper() in ("1", "ON", "YES", "TRUE") for f in flags):
-        return False
-    try:
-        get_session().head(constants.ENDPOINT, timeout=timeout)
-    except Exception:
-        return False
-    return True
-
-
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -396,11 +382,7 @@ def _build_processor(tekken_dir: Path) -> Any:
 
 
 def _dummy_root(cache_dir: str | Path | None) -> Path:
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    root = os.environ.get("VOXTRAL_PIPELINE_CACHE")
-    base = Path(root).expanduser() if root else Path.home() / ".cache" / "voxtral-pipeline"
-    return base / "dummy"
+    return Path(cache_dir).expanduser() if cache_dir is not None else dummy_cache_dir()
 
 
 def _recipe_key(size: str, seed: int) -> dict[str, Any]:
