@@ -59,10 +59,22 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+# pipecat logs a stage whose setup() failed twice at ERROR level; the CLI says it once, clearly.
+_REPEATED_SETUP_ERRORS = ("Error setting up processor", "can no longer do its job")
+
+
+def _not_repeated_setup_error(record) -> bool:
+    return not (
+        record["name"].startswith("pipecat")
+        and record["level"].name == "ERROR"
+        and any(s in record["message"] for s in _REPEATED_SETUP_ERRORS)
+    )
+
+
 def _setup_logging(level: str) -> None:
     logger.remove()
     try:
-        logger.add(sys.stderr, level=level.upper())
+        logger.add(sys.stderr, level=level.upper(), filter=_not_repeated_setup_error)
     except ValueError:
         logger.add(sys.stderr, level="INFO")
         logger.warning(f"unknown log level {level!r}, using INFO")

@@ -12,7 +12,7 @@ from typing import Any
 from loguru import logger
 from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.pipeline import Pipeline
-from pipecat.pipeline.worker import PipelineParams, PipelineWorker
+from pipecat.pipeline.worker import PipelineParams, PipelineWorker, ProcessorUnusablePolicy
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
@@ -109,6 +109,8 @@ def build_pipeline(
         enable_rtvi=False,
         idle_timeout_secs=None,
         setup_timeout_secs=SETUP_TIMEOUT_SECS,
+        # A stage that cannot work (a model that failed to load) leaves no session worth running.
+        processor_unusable_policy=ProcessorUnusablePolicy.CANCEL,
     )
     built = VoicePipeline(config, transport, turns, voxtral, chunker, tts, metrics, pipeline, worker)
 

@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+import warnings
 import zlib
 from dataclasses import dataclass, field
 from functools import cache
@@ -281,7 +282,12 @@ def _build_kmodel(config: dict[str, Any], checkpoint: str) -> Any:
     """The one place a KModel is made: always with a config dict and a checkpoint path."""
     from kokoro import KModel
 
-    return KModel(repo_id=KOKORO_REPO_ID, config=config, model=checkpoint)
+    # Kokoro's own architecture trips two harmless torch warnings on every load (LSTM dropout with
+    # one layer, the deprecated weight_norm); they say nothing a user can act on.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*dropout option adds dropout.*")
+        warnings.filterwarnings("ignore", message=".*weight_norm.*is deprecated.*")
+        return KModel(repo_id=KOKORO_REPO_ID, config=config, model=checkpoint)
 
 
 def _dummy_checkpoint_path(size: str, config: dict[str, Any], seed: int) -> Path:

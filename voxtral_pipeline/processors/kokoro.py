@@ -87,6 +87,9 @@ class KokoroTTSService(TTSService):
         """
         kwargs.setdefault("text_aggregation_mode", TextAggregationMode.TOKEN)
         kwargs.setdefault("settings", TTSSettings(model=config.model, voice=config.voice, language=None))
+        # A chunk with nothing to say ("...") is no sign of a broken local model, unlike a silent
+        # cloud provider: never write the service off for silent chunks.
+        kwargs.setdefault("max_consecutive_zero_audio_contexts", 0)
         super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
         self._config = config
         self._bundle = bundle
