@@ -140,10 +140,22 @@ def test_unknown_dummy_size(tmp_path):
     _assert_one_line_error(_cli("--input", str(wav), "--model", "dummy:huge"), 2, "dummy:tiny or dummy:full")
 
 
-def test_uncached_hub_model_is_one_clear_sentence(tmp_path):
-    wav = write_wav(tmp_path / "s.wav", np.zeros(1600, np.float32))
-    proc = _cli("--input", str(wav), "--model", "nobody/not-a-cached-model", "--tts-model", "dummy:tiny")
+@needs_espeak
+def test_uncached_hub_model_is_one_clear_sentence_and_no_session(tmp_path, three_questions):
+    report = tmp_path / "r.json"
+    proc = _cli(
+        "--input",
+        str(three_questions),
+        "--report",
+        str(report),
+        "--model",
+        "nobody/not-a-cached-model",
+        "--tts-model",
+        "dummy:tiny",
+    )
     _assert_one_line_error(proc, 1, "not in the local HuggingFace cache")
+    # The session never starts: no speech is streamed into a stage that has no model.
+    assert "turn 0" not in proc.stderr and not report.exists()
 
 
 @needs_espeak
