@@ -38,8 +38,11 @@ def test_yaml_file(tmp_path):
             {"voxtral.dtype": "bf17"},
             "voxtral.dtype: Input should be 'auto', 'bfloat16', 'float16' or 'float32'",
         ),
-        ({"voxtral.modle": "x"}, "voxtral.modle: unknown key (allowed: device, dtype"),
-        ({"transport.kind": "carrier-pigeon"}, "transport.kind: Input should be 'file'"),
+        (
+            {"voxtral.modle": "x"},
+            "voxtral.modle: unknown key (allowed: attn_implementation, backend, compile",
+        ),
+        ({"transport.kind": "carrier-pigeon"}, "transport.kind: Input should be 'webrtc', 'websocket'"),
         ({"turns.vad.stop_secs": "-1"}, "turns.vad.stop_secs: Input should be greater than or equal to 0"),
         ({"voxtral.max_new_tokens": "many"}, "voxtral.max_new_tokens: Input should be a valid integer"),
     ],

@@ -36,6 +36,9 @@ REPORT_TURN_KEYS = {
     "ttft_ms",
     "first_audio_ms",
     "voice_to_voice_ms",
+    "prompt_tokens",
+    "prefill_tokens",
+    "generate_calls",
 }
 
 
@@ -74,6 +77,7 @@ def test_three_question_conversation(tmp_path, three_questions):
         assert REPORT_TURN_KEYS <= set(turn)
         assert turn["reply_text"], turn
         assert not turn["interrupted"]
+        assert turn["generate_calls"] == 1 and 375 < turn["prefill_tokens"] <= turn["prompt_tokens"]
         # Ordered waterfall, all measured from the real end of user speech.
         assert 0 < turn["ttft_ms"] <= turn["first_audio_ms"] <= turn["voice_to_voice_ms"]
     summary = report["summary"]

@@ -34,7 +34,14 @@ INSTRUCTIONS = "Answer in one short sentence."
 
 
 def _config(**overrides) -> VoxtralConfig:
-    values = {"model": "dummy:tiny", "temperature": 0.0, "max_new_tokens": 12, "instructions": INSTRUCTIONS}
+    values = {
+        "model": "dummy:tiny",
+        "temperature": 0.0,
+        "max_new_tokens": 12,
+        "instructions": INSTRUCTIONS,
+        "transcribe_history": False,  # these tests count generate() calls; transcripts have their own
+        "warmup": False,
+    }
     return VoxtralConfig(**{**values, **overrides})
 
 
@@ -59,9 +66,9 @@ async def test_one_turn_streams_each_token(tiny_bundle, monkeypatch):
         pipeline_params=PipelineParams(enable_metrics=True, enable_usage_metrics=True),
         start_timeout=WAIT_TIMEOUT_S,
     )
-    assert len(spy.calls) == 2  # the warm-up in setup(), then exactly one for the turn
+    assert len(spy.calls) == 1  # exactly one generate() for the turn (warm-up off)
     assert service.generate_calls == 1 and service.turn_stats[0]["generate_calls"] == 1
-    call = spy.calls[1]
+    call = spy.calls[0]
 
     response = [f for f in down if not isinstance(f, MetricsFrame)]
     assert isinstance(response[0], LLMFullResponseStartFrame)
@@ -106,10 +113,10 @@ async def test_second_turn_hears_the_first_in_its_prompt(tiny_bundle, monkeypatc
         await h.send(make_utterance(2.0, seed=2))
         await h.wait_down(count(LLMFullResponseEndFrame, 2))
 
-    assert len(spy.calls) == 3 and service.generate_calls == 2  # warm-up + one per turn
-    second = spy.calls[2]["input_ids"]
+    assert len(spy.calls) == 2 and service.generate_calls == 2  # one per turn
+    second = spy.calls[1]["input_ids"]
     assert second.count(AUDIO_TOKEN_ID) == 2 * 375  # both utterances, as audio
-    assert second[: len(spy.calls[1]["input_ids"])] == spy.calls[1]["input_ids"]
+    assert second[: len(spy.calls[0]["input_ids"])] == spy.calls[0]["input_ids"]
     prompt = _prompt_text(tiny_bundle, second)
     assert first_answer and f"[/INST]{first_answer}</s>" in prompt
     assert prompt.count(INSTRUCTIONS) == 1  # in the first user turn only
@@ -135,7 +142,7 @@ async def test_interruption_stops_generation_and_keeps_partial_text(tiny_bundle,
         partial = "".join(_texts(h.down))
         assert len(_texts(h.down)) == 3
         # Stopped at the first decode step after the interruption, far from max_new_tokens.
-        assert len(spy.calls[1]["output_ids"]) == 4
+        assert len(spy.calls[0]["output_ids"]) == 4
         assert not any(isinstance(f, LLMFullResponseEndFrame) for f in h.down)
         assert service.history[-1].role == "assistant" and service.history[-1].text == partial
         assert service.turn_stats[0]["interrupted"]
@@ -143,9 +150,9 @@ async def test_interruption_stops_generation_and_keeps_partial_text(tiny_bundle,
         await h.send(make_utterance(1.0, seed=3))
         await h.wait_down(count(LLMFullResponseEndFrame))
 
-    next_prompt = _prompt_text(tiny_bundle, spy.calls[2]["input_ids"])
+    next_prompt = _prompt_text(tiny_bundle, spy.calls[1]["input_ids"])
     assert f"[/INST]{partial}</s>" in next_prompt  # what was said, not what would have been
-    assert len(spy.calls) == 3
+    assert len(spy.calls) == 2
 
 
 async def test_interruption_during_prefill_reports_no_ttfb(tiny_bundle, monkeypatch):
@@ -160,7 +167,7 @@ async def test_interruption_during_prefill_reports_no_ttfb(tiny_bundle, monkeypa
         spy.gate_at_forward = None
         spy.gate.set()
         await _thread_done(spy)
-        assert len(spy.calls[1]["output_ids"]) == 1  # prefill is not interruptible; no decode step ran
+        assert len(spy.calls[0]["output_ids"]) == 1  # prefill is not interruptible; no decode step ran
 
         await h.send(make_utterance(1.0, seed=8))
         await h.wait_down(count(LLMFullResponseEndFrame))
@@ -174,7 +181,7 @@ async def test_interruption_during_prefill_reports_no_ttfb(tiny_bundle, monkeypa
     assert service.history[1].role == "assistant" and service.history[1].text == ""
     assert service.turn_stats[0]["interrupted"] and service.turn_stats[0]["ttft_ms"] is None
     # The empty answer is left out of the next prompt: two user audios, no assistant message.
-    next_prompt = _prompt_text(tiny_bundle, spy.calls[2]["input_ids"])
+    next_prompt = _prompt_text(tiny_bundle, spy.calls[1]["input_ids"])
     assert next_prompt.count("[BEGIN_AUDIO]") == 2 and "</s>" not in next_prompt
 
 
@@ -191,7 +198,7 @@ async def test_new_utterance_cancels_the_answer_in_progress(tiny_bundle, monkeyp
         spy.gate.set()
         await h.wait_down(count(LLMFullResponseEndFrame))
 
-    assert len(spy.calls) == 3 and len(spy.calls[1]["output_ids"]) == 3
+    assert len(spy.calls) == 2 and len(spy.calls[0]["output_ids"]) == 3
     assert sum(isinstance(f, LLMFullResponseStartFrame) for f in h.down) == 2
     assert sum(isinstance(f, LLMFullResponseEndFrame) for f in h.down) == 1
     assert [t.role for t in service.history] == ["user", "assistant", "user", "assistant"]
@@ -221,7 +228,7 @@ async def test_model_error_is_reported_and_the_next_turn_works(tiny_bundle, monk
     assert len(_texts(h.down)) > 1
     assert len([f for f in h.up if isinstance(f, ErrorFrame)]) == 1
     assert "RuntimeError" in service.turn_stats[0]["error"] and service.turn_stats[1]["error"] is None
-    assert len(spy.calls) == 3
+    assert len(spy.calls) == 2
 
 
 async def test_load_failure_surfaces_as_model_unavailable():

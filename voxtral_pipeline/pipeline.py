@@ -28,8 +28,15 @@ from voxtral_pipeline.processors.voxtral import VoxtralLLMService
 SETUP_TIMEOUT_SECS = 900.0
 
 
-def build_transport(config: PipelineConfig) -> BaseTransport:
-    """The transport named by ``config.transport.kind``."""
+def build_transport(config: PipelineConfig, **kwargs: Any) -> BaseTransport:
+    """The transport named by ``config.transport.kind``, one module per transport.
+
+    Keyword arguments carry what a session brings with it: ``connection`` (a SmallWebRTC peer
+    connection, required), ``websocket`` (an accepted FastAPI WebSocket, required),
+    ``room`` (a Daily room; the configured one when absent) and ``devices`` (local audio devices;
+    PortAudio's list when absent). Each transport module raises its own clear error
+    (``AudioInputError``, ``DailyError``, ``LocalAudioError``) when it cannot be built.
+    """
     kind = config.transport.kind
     if kind == "file":
         from voxtral_pipeline.transports.file import FileTransport
@@ -39,6 +46,31 @@ def build_transport(config: PipelineConfig) -> BaseTransport:
             in_sample_rate=config.audio.in_sample_rate,
             out_sample_rate=config.audio.out_sample_rate,
         )
+    if kind == "webrtc":
+        from voxtral_pipeline.transports.webrtc import build_webrtc_transport
+
+        if kwargs.get("connection") is None:
+            # A fresh peer connection nobody will ever connect would wait forever: the bot's server
+            # (voxtral_pipeline.server) builds one per browser offer.
+            raise ValueError(
+                "the webrtc transport is built per browser connection: pass connection= "
+                "(or run `voxtral-pipeline run`, which serves the page and the offers)"
+            )
+        return build_webrtc_transport(config, kwargs["connection"])
+    if kind == "websocket":
+        from voxtral_pipeline.transports.websocket import build_websocket_transport
+
+        if kwargs.get("websocket") is None:
+            raise ValueError("the websocket transport is built per connection: pass websocket=")
+        return build_websocket_transport(config, kwargs["websocket"])
+    if kind == "daily":
+        from voxtral_pipeline.transports.daily import build_daily_transport
+
+        return build_daily_transport(config, kwargs.get("room"))
+    if kind == "local":
+        from voxtral_pipeline.transports.local import build_local_transport
+
+        return build_local_transport(config, kwargs.get("devices"))
     raise ValueError(f"unknown transport {kind!r}")
 
 
@@ -74,7 +106,23 @@ class VoicePipeline:
         await runner.add_workers(self.worker)
         await runner.run()
         await self.metrics.finish()
-        return self.metrics.report()
+        return merge_voxtral_stats(self.metrics.report(), self.metrics.turns, self.voxtral.turn_stats)
+
+
+#: Voxtral stage numbers added to each turn of the JSON report.
+VOXTRAL_REPORT_FIELDS = ("prompt_tokens", "prefill_tokens", "generate_calls")
+
+
+def merge_voxtral_stats(report: dict[str, Any], records: list, stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """Add the Voxtral stage's per-turn token counts to the metrics report (matched on the end of speech)."""
+    by_end = {s["speech_end_time"]: s for s in stats}
+    for record, turn in zip(records, report["turns"], strict=False):
+        s = by_end.get(record.speech_end_time, {})
+        for name in VOXTRAL_REPORT_FIELDS:
+            turn[name] = s.get(name)
+        if s.get("dropped"):
+            turn["dropped"] = s["dropped"]
+    return report
 
 
 def build_pipeline(

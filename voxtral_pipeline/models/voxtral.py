@@ -218,6 +218,7 @@ def load_voxtral(
     seed: int | None = None,
     *,
     cache_dir: str | Path | None = None,
+    attn_implementation: str = "auto",
 ) -> VoxtralBundle:
     """Load Voxtral from a hub id, a local directory, or ``dummy:tiny`` / ``dummy:full``.
 
@@ -228,6 +229,8 @@ def load_voxtral(
         seed: Seed of the dummies' random weights (default 0); ignored for real weights.
         cache_dir: Where dummy checkpoints are kept (default ``$VOXTRAL_PIPELINE_CACHE/dummy``, else
             ``~/.cache/voxtral-pipeline/dummy``).
+        attn_implementation: ``auto`` (flash_attention_2 on CUDA when flash-attn is installed, else
+            sdpa), ``sdpa``, ``flash_attention_2`` or ``eager``.
 
     Raises:
         ModelUnavailableError: with a one-sentence message when the model cannot be had.
@@ -235,20 +238,21 @@ def load_voxtral(
     parsed = parse_model_spec(spec, "Voxtral")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
+    attn = resolve_attn_implementation(attn_implementation, dev)
     if parsed.kind == "dummy":
         seed = 0 if seed is None else seed
         if parsed.value == "tiny":
             path = dummy_tiny_dir(seed, cache_dir)
-            processor, model = _load_cached_dummy(path, seed, dev, torch_dtype)
+            processor, model = _load_cached_dummy(path, seed, dev, torch_dtype, attn)
         else:
-            processor, model = _build_full_dummy(seed, dev, torch_dtype, cache_dir)
+            processor, model = _build_full_dummy(seed, dev, torch_dtype, cache_dir, attn)
     elif parsed.kind == "local":
-        processor, model = _load_local(parsed.value, dev, torch_dtype)
+        processor, model = _load_local(parsed.value, dev, torch_dtype, attn)
     else:
-        processor, model = _load_hub(parsed.value, dev, torch_dtype)
+        processor, model = _load_hub(parsed.value, dev, torch_dtype, attn)
     model.eval()
     logger.info(
-        f"Voxtral {spec} loaded on {dev} ({str(torch_dtype).removeprefix('torch.')}, "
+        f"Voxtral {spec} loaded on {dev} ({str(torch_dtype).removeprefix('torch.')}, {attn}, "
         f"{sum(p.numel() for p in model.parameters()) / 1e6:.1f} M params)"
     )
     return VoxtralBundle(
@@ -256,11 +260,23 @@ def load_voxtral(
     )
 
 
-def _from_pretrained(source: str, device: str, dtype: torch.dtype, **kwargs: Any) -> tuple[Any, Any]:
+def resolve_attn_implementation(name: str, device: str) -> str:
+    """``auto``: flash_attention_2 on CUDA when the flash-attn package is installed, else sdpa."""
+    if name != "auto":
+        return name
+    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def _from_pretrained(
+    source: str, device: str, dtype: torch.dtype, attn: str = "sdpa", **kwargs: Any
+) -> tuple[Any, Any]:
     """The one place real checkpoints are loaded, for hub ids, directories and the tiny dummy alike."""
     from transformers import AutoProcessor, VoxtralForConditionalGeneration
 
     processor = AutoProcessor.from_pretrained(source, **kwargs)
+    kwargs["attn_implementation"] = attn
     if device != "cpu" and importlib.util.find_spec("accelerate") is not None:
         model = VoxtralForConditionalGeneration.from_pretrained(
             source, dtype=dtype, device_map=device, **kwargs
@@ -270,26 +286,26 @@ def _from_pretrained(source: str, device: str, dtype: torch.dtype, **kwargs: Any
     return processor, model
 
 
-def _load_local(path: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _load_local(path: str, device: str, dtype: torch.dtype, attn: str = "sdpa") -> tuple[Any, Any]:
     try:
-        return _from_pretrained(path, device, dtype, local_files_only=True)
+        return _from_pretrained(path, device, dtype, attn, local_files_only=True)
     except (OSError, ValueError) as e:
         raise ModelUnavailableError(
             f"cannot load Voxtral model from directory {path}: {_first_line(e)}"
         ) from e
 
 
-def _load_hub(model_id: str, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _load_hub(model_id: str, device: str, dtype: torch.dtype, attn: str = "sdpa") -> tuple[Any, Any]:
     """The local cache first; the hub only when it answers a quick probe (its client retries for minutes)."""
     try:
-        return _from_pretrained(model_id, device, dtype, local_files_only=True)
+        return _from_pretrained(model_id, device, dtype, attn, local_files_only=True)
     except OSError as e:
         logger.debug(f"Voxtral {model_id} not (fully) cached: {_first_line(e)}")
     if not hub_reachable():
         raise ModelUnavailableError(offline_message("Voxtral", model_id, MODEL_FLAG))
     logger.info(f"Downloading Voxtral {model_id} from the hub (first run)")
     try:
-        return _from_pretrained(model_id, device, dtype)
+        return _from_pretrained(model_id, device, dtype, attn)
     except OSError as e:
         raise ModelUnavailableError(
             f"cannot download Voxtral model {model_id!r} from the hub: {_first_line(e)}"
@@ -426,18 +442,20 @@ def build_dummy_tiny(directory: str | Path, seed: int = 0) -> Path:
     return directory
 
 
-def _load_cached_dummy(path: Path, seed: int, device: str, dtype: torch.dtype) -> tuple[Any, Any]:
+def _load_cached_dummy(
+    path: Path, seed: int, device: str, dtype: torch.dtype, attn: str = "sdpa"
+) -> tuple[Any, Any]:
     """Load the cached tiny checkpoint, building it first if it is missing or unreadable."""
     with _DUMMY_BUILD_LOCK:
         if (path / _DUMMY_MARKER).is_file():
             try:
-                return _from_pretrained(str(path), device, dtype, local_files_only=True)
+                return _from_pretrained(str(path), device, dtype, attn, local_files_only=True)
             except Exception as e:  # a corrupt cache is rebuilt, whatever broke in it
                 logger.warning(
                     f"cached Voxtral dummy at {path} is unreadable ({_first_line(e)}); rebuilding it"
                 )
         _build_atomically(path, seed)
-        return _from_pretrained(str(path), device, dtype, local_files_only=True)
+        return _from_pretrained(str(path), device, dtype, attn, local_files_only=True)
 
 
 def _build_atomically(path: Path, seed: int) -> None:
@@ -461,7 +479,7 @@ def _build_atomically(path: Path, seed: int) -> None:
 
 
 def _build_full_dummy(
-    seed: int, device: str, dtype: torch.dtype, cache_dir: str | Path | None
+    seed: int, device: str, dtype: torch.dtype, cache_dir: str | Path | None, attn: str = "sdpa"
 ) -> tuple[Any, Any]:
     """The real 3B architecture with random weights, made on the device in the dtype (~9 GiB in bf16).
 
@@ -479,7 +497,7 @@ def _build_full_dummy(
     logger.info(f"Building Voxtral dummy:full (random weights, seed {seed}) on {device}")
     torch.manual_seed(seed)  # seeds the CUDA generators too
     with torch.device(device):
-        model = VoxtralForConditionalGeneration._from_config(config, dtype=dtype)
+        model = VoxtralForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
     # from_pretrained keeps these in float32 (``_keep_in_fp32_modules_strict``); do the same.
     for name in getattr(model, "_keep_in_fp32_modules_strict", None) or []:
         for module_name, module in model.named_modules():

@@ -1,0 +1,531 @@
+"""Voxtral stage: hears each user utterance and streams its answer, one inference per turn.
+
+A ``UserUtteranceFrame`` (the turn stage's whole utterance) becomes exactly one request to the
+model on the session's conversation: earlier user turns as audio (within the audio budget) or as
+text, earlier answers as the text the bot actually said, the new turn as audio. The answer goes
+downstream as ``LLMFullResponseStartFrame``, one ``LLMTextFrame`` per token as soon as it decodes,
+then ``LLMFullResponseEndFrame``, so the chunker and TTS can start on the first word.
+
+The model runs in the shared :class:`~voxtral_pipeline.processors.voxtral.engine.VoxtralEngine`
+(``backend = "transformers"``) or on a vLLM server (``backend = "vllm"``). This stage holds only
+the session: its conversation, its turn in flight and its idle-time work (transcripts of earlier
+turns, a cache refresh), which is cancelled the instant a new turn arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from loguru import logger
+from pipecat.frames.frames import (
+    CancelFrame,
+    EndFrame,
+    Frame,
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+)
+from pipecat.metrics.metrics import LLMTokenUsage
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
+from pipecat.utils.errors import ErrorCategory
+
+from voxtral_pipeline.config import VoxtralConfig
+from voxtral_pipeline.frames import UserUtteranceFrame
+from voxtral_pipeline.models.voxtral import (
+    SAMPLE_RATE,
+    ConversationTurn,
+    VoxtralBundle,
+    audio_content_part,
+    build_conversation,
+    load_voxtral,
+)
+from voxtral_pipeline.processors.voxtral.context import (
+    ContextTurn,
+    VoxtralContext,
+    check_utterance,
+    utterance_samples,
+)
+from voxtral_pipeline.processors.voxtral.engine import EngineRequest, EngineResult, VoxtralEngine
+from voxtral_pipeline.processors.voxtral.vllm import VLLMClient
+
+WARMUP_SECS = 1.0
+WARMUP_NEW_TOKENS = 2
+_END = object()  # queue sentinel: the engine is done with this turn
+
+
+@dataclass
+class _Turn:
+    """One in-flight answer and what it has sent downstream so far."""
+
+    index: int
+    request: EngineRequest | None = None
+    task: asyncio.Task | None = None
+    text_parts: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
+    closed: bool = False
+    stopped: bool = False
+
+    @property
+    def text(self) -> str:
+        return "".join(self.text_parts)
+
+
+class VoxtralLLMService(FrameProcessor):
+    """Speech-in, text-out LLM stage on Voxtral (shared in-process engine, or vLLM).
+
+    Consumes ``UserUtteranceFrame``; forwards every other frame. Per-turn numbers are kept in
+    :attr:`turn_stats` and the conversation in :attr:`context`.
+    """
+
+    def __init__(
+        self,
+        config: VoxtralConfig,
+        *,
+        bundle: VoxtralBundle | None = None,
+        engine: VoxtralEngine | None = None,
+        warmup: bool | None = None,
+        session_id: str | None = None,
+        min_new_tokens: int = 0,
+        **kwargs,
+    ):
+        """Initialize the stage.
+
+        Args:
+            config: Model spec, backend, device, sampling, memory and instructions.
+            bundle: An already loaded model; its shared engine is used. Loaded in ``setup()``
+                from ``config`` when neither this nor ``engine`` is given (one engine per model
+                spec and device in the process).
+            engine: A shared engine to use.
+            warmup: Override ``config.warmup`` (one short generation per engine at start-up).
+            session_id: Id of this session (KV cache key, vLLM routing); a random one by default.
+            min_new_tokens: Do not stop at EOS before this many tokens (benchmarks: fixed lengths).
+            **kwargs: Passed to ``FrameProcessor``.
+        """
+        super().__init__(**kwargs)
+        self._config = config
+        self._engine = engine
+        self._bundle = bundle if bundle is not None else (engine.bundle if engine else None)
+        self._warmup = config.warmup if warmup is None else warmup
+        self.session_id = session_id or uuid.uuid4().hex
+        self._min_new_tokens = min_new_tokens
+        self._context = VoxtralContext(config.instructions, config.history_audio_turns)
+        self._turn_stats: list[dict[str, Any]] = []
+        self._turn: _Turn | None = None
+        self._generate_calls = 0
+        self._vllm: VLLMClient | None = None
+        self._idle_task: asyncio.Task | None = None
+        self._idle_cancel: threading.Event | None = None
+
+    # ------------------------------------------------------------------------------------------
+    # Properties
+
+    @property
+    def bundle(self) -> VoxtralBundle | None:
+        """The loaded model (None before ``setup()`` when none was given, and with vLLM)."""
+        return self._bundle
+
+    @property
+    def engine(self) -> VoxtralEngine | None:
+        return self._engine
+
+    @property
+    def context(self) -> VoxtralContext:
+        return self._context
+
+    @property
+    def history(self) -> list[ContextTurn]:
+        """The conversation so far: user turns (audio, transcript), the bot's turns as the text it sent."""
+        return list(self._context.turns)
+
+    @property
+    def turn_stats(self) -> list[dict[str, Any]]:
+        """One dict per user utterance: tokens, prefill, generate calls, timings (ms), flags."""
+        return self._turn_stats
+
+    @property
+    def generate_calls(self) -> int:
+        """``generate()`` calls (or vLLM requests) for user turns (warm-up, transcripts not counted)."""
+        return self._generate_calls
+
+    def can_generate_metrics(self) -> bool:
+        return True
+
+    async def stop_all_metrics(self):
+        """On interruption: an answer cut off before its first token has no TTFB to report."""
+        await self.cancel_ttfb_metrics()
+        await super().stop_all_metrics()
+
+    # ------------------------------------------------------------------------------------------
+    # Lifecycle
+
+    async def setup(self, setup: FrameProcessorSetup):
+        """Connect to the shared engine (loading the model off the event loop once) and warm it up.
+
+        Raises:
+            ModelUnavailableError: when the model cannot be loaded; the message is for the user.
+        """
+        await super().setup(setup)
+        c = self._config
+        if c.backend == "vllm":
+            self._vllm = VLLMClient(c.vllm, self.session_id)
+            return
+        if self._engine is None:
+            if self._bundle is None:
+                self._bundle = await asyncio.to_thread(shared_bundle, c)
+            self._engine = VoxtralEngine.for_bundle(
+                self._bundle,
+                quantum_tokens=c.fairness_quantum_tokens,
+                kv_cache=c.kv_cache,
+                kv_cache_max_tokens=c.kv_cache_max_tokens,
+                kv_cache_sessions=c.kv_cache_sessions,
+                mel_on_device=c.mel_on_device,
+                static_cache=c.static_cache,
+                compile=c.compile,
+            )
+        if self._warmup and not self._engine.warmed_up:
+            self._engine.warmed_up = True
+            t0 = time.perf_counter()
+            await asyncio.wrap_future(self._engine.submit(self._warmup_request()))
+            logger.debug(f"{self}: engine warmed up in {(time.perf_counter() - t0) * 1000:.0f} ms")
+
+    async def cleanup(self):
+        await super().cleanup()
+        await self._cancel_idle_work()
+        if self._turn is not None:
+            await self._stop_turn()
+        if self._engine is not None:
+            self._engine.release_session(self.session_id)
+        if self._vllm is not None:
+            await self._vllm.close()
+
+    def _warmup_request(self) -> EngineRequest:
+        turn = ConversationTurn(
+            "user", audio=audio_content_part(np.zeros(int(WARMUP_SECS * SAMPLE_RATE), np.float32))
+        )
+        return EngineRequest(
+            session_id=f"warmup-{self.session_id}",
+            kind="warmup",
+            conversation=build_conversation([turn], self._config.instructions),
+            max_new_tokens=WARMUP_NEW_TOKENS,
+        )
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        await super().process_frame(frame, direction)
+
+        if isinstance(frame, UserUtteranceFrame):
+            await self._start_turn(frame)
+        elif isinstance(frame, InterruptionFrame):
+            await self._stop_turn()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, EndFrame):
+            # A graceful end lets the answer in progress finish (max_new_tokens bounds it).
+            await self._wait_turn()
+            await self._cancel_idle_work()
+            await self.push_frame(frame, direction)
+        elif isinstance(frame, CancelFrame):
+            await self._cancel_idle_work()
+            await self._stop_turn()
+            await self.push_frame(frame, direction)
+        else:
+            await self.push_frame(frame, direction)
+
+    # ------------------------------------------------------------------------------------------
+    # Turns
+
+    def _new_stats(self, frame: UserUtteranceFrame) -> dict[str, Any]:
+        return {
+            "turn": len(self._turn_stats),
+            "speech_end_time": frame.speech_end_time,
+            "audio_secs": frame.duration_secs,
+            "dropped": None,
+            "prompt_tokens": None,
+            "audio_tokens": None,
+            "prefill_tokens": None,
+            "cached_tokens": None,
+            "completion_tokens": 0,
+            "generate_calls": 0,
+            "preemptions": 0,
+            "ttft_ms": None,
+            "queued_ms": None,
+            "first_token_ms": None,
+            "prepare_ms": None,
+            "generate_ms": None,
+            "decode_tokens_per_s": None,
+            "interrupted": False,
+            "error": None,
+            "text": "",
+        }
+
+    async def _start_turn(self, frame: UserUtteranceFrame):
+        await self._cancel_idle_work()
+        if self._turn is not None:
+            await self._stop_turn()
+        stats = self._new_stats(frame)
+        self._turn_stats.append(stats)
+        c = self._config
+        samples, reason = check_utterance(
+            utterance_samples(frame),
+            min_secs=c.min_utterance_ms / 1000,
+            silence_dbfs=c.silence_dbfs,
+            max_secs=c.max_utterance_secs,
+        )
+        if samples is None:
+            stats["dropped"] = reason
+            logger.debug(f"{self}: turn {stats['turn']} dropped without inference: {reason}")
+            return
+        if self._engine is None and self._vllm is None:
+            stats["error"] = "not ready"
+            await self.push_error("Voxtral received a user turn before its model was loaded")
+            return
+        self._context.add_user(samples)
+        turn = _Turn(index=stats["turn"], stats=stats)
+        self._turn = turn
+        await self.start_ttfb_metrics(start_time=frame.speech_end_time)
+        turn.task = self.create_task(self._run_turn(turn), f"generate-turn-{turn.index}")
+
+    async def _emit(self, turn: _Turn, text: str) -> None:
+        """Send one token's text downstream (never after the turn was stopped)."""
+        if not text or turn.stopped:
+            return
+        if not turn.text_parts:
+            await self.stop_ttfb_metrics()
+            turn.stats["ttft_ms"] = (time.time() - turn.stats["speech_end_time"]) * 1000
+        turn.text_parts.append(text)
+        await self.push_frame(LLMTextFrame(text))
+
+    async def _run_turn(self, turn: _Turn):
+        """Stream one answer to the pipeline; pushes the response frames."""
+        await self.push_frame(LLMFullResponseStartFrame())
+        await self.start_processing_metrics()
+        try:
+            self._generate_calls += 1
+            if self._vllm is not None:
+                result = await self._answer_vllm(turn)
+            else:
+                result = await self._answer_local(turn)
+            self._record_result(turn, result)
+            await self.start_llm_usage_metrics(
+                LLMTokenUsage(
+                    prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                    total_tokens=result.prompt_tokens + result.completion_tokens,
+                    cache_read_input_tokens=result.cached_tokens or None,
+                    input_audio_tokens=result.audio_tokens or None,
+                )
+            )
+        except asyncio.CancelledError:
+            turn.stats["interrupted"] = True
+            raise
+        except Exception as e:
+            turn.stats["error"] = f"{type(e).__name__}: {e}"
+            await self.cancel_ttfb_metrics()
+            await self.push_error(
+                f"Voxtral generation failed on turn {turn.index}: {type(e).__name__}: {e}",
+                exception=e,
+                category=ErrorCategory.UNKNOWN,
+            )
+        finally:
+            self._close_turn(turn)
+        await self.stop_processing_metrics()
+        await self.push_frame(LLMFullResponseEndFrame())
+        self._start_idle_work()
+
+    async def _answer_local(self, turn: _Turn) -> EngineResult:
+        assert self._engine is not None
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        c = self._config
+
+        def on_delta(text: str, n_tokens: int) -> None:  # on the engine thread
+            _call_soon(loop, queue.put_nowait, text)
+
+        turn.request = EngineRequest(
+            session_id=self.session_id,
+            conversation=self._context.render(),
+            on_delta=on_delta,
+            max_new_tokens=c.max_new_tokens,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            seed=None if c.seed is None else c.seed + turn.index,
+            min_new_tokens=self._min_new_tokens,
+        )
+        future = asyncio.wrap_future(self._engine.submit(turn.request))
+        future.add_done_callback(lambda _: queue.put_nowait(_END))
+        while (item := await queue.get()) is not _END:
+            await self._emit(turn, item)
+        # Deltas scheduled before the end marker are all in the queue ahead of it.
+        return future.result()
+
+    async def _answer_vllm(self, turn: _Turn) -> EngineResult:
+        assert self._vllm is not None
+        c = self._config
+        body = self._vllm.chat_body(
+            self._context.render(max_audios=c.vllm.max_audios),
+            max_tokens=c.max_new_tokens,
+            temperature=c.temperature,
+            top_p=c.top_p,
+        )
+        result = EngineResult()
+        user_turns = self._context.user_turns
+        result.audio_tokens = sum(
+            375 * max(1, -(-len(t.audio) // (30 * SAMPLE_RATE)))
+            for t in user_turns[max(0, len(user_turns) - c.vllm.max_audios) :]
+            if t.audio is not None
+        )
+        async for text in self._vllm.stream_chat(body, result):
+            await self._emit(turn, text)
+        return result
+
+    def _record_result(self, turn: _Turn, result: EngineResult) -> None:
+        s = turn.stats
+        s["prompt_tokens"] = result.prompt_tokens
+        s["audio_tokens"] = result.audio_tokens
+        s["prefill_tokens"] = result.prefill_tokens
+        s["cached_tokens"] = result.cached_tokens
+        s["completion_tokens"] = result.completion_tokens
+        s["generate_calls"] = result.generate_calls
+        s["preemptions"] = result.preemptions
+        s["queued_ms"] = result.queued_s * 1000
+        s["prepare_ms"] = result.prepare_s * 1000
+        s["first_token_ms"] = None if result.first_token_s is None else result.first_token_s * 1000
+        s["generate_ms"] = result.generate_s * 1000
+        s["decode_tokens_per_s"] = result.decode_tokens_per_s
+        logger.debug(
+            f"{self}: turn {turn.index}: {result.prompt_tokens} prompt tokens ({result.audio_tokens} audio, "
+            f"{result.prefill_tokens} prefilled), {result.completion_tokens} generated in "
+            f"{result.generate_calls} call(s), first token {s['first_token_ms'] or 0:.0f} ms"
+        )
+
+    def _close_turn(self, turn: _Turn) -> None:
+        """Put the bot's answer, as far as it was sent downstream, into the context (once)."""
+        if turn.closed:
+            return
+        turn.closed = True
+        turn.stats["text"] = turn.text
+        self._context.add_assistant(turn.text)
+        if self._turn is turn:
+            self._turn = None
+
+    async def _stop_turn(self):
+        """Cancel the answer in flight: the engine stops within one decode step, nothing more is sent."""
+        turn = self._turn
+        if turn is None:
+            return
+        turn.stopped = True
+        if turn.request is not None:
+            turn.request.cancel.set()
+        if turn.task is not None and not turn.task.done():
+            turn.stats["interrupted"] = True
+            await self.cancel_task(turn.task)
+        self._close_turn(turn)
+        await self.cancel_ttfb_metrics()
+        logger.debug(f"{self}: turn {turn.index} stopped after {len(turn.text)} characters")
+
+    async def _wait_turn(self):
+        turn = self._turn
+        if turn is not None and turn.task is not None and not turn.task.done():
+            await asyncio.wait({turn.task})
+
+    # ------------------------------------------------------------------------------------------
+    # Idle-time work: transcripts of user turns, then a refresh of the KV cache
+
+    def _start_idle_work(self) -> None:
+        transcripts = self._config.transcribe_history and bool(self._context.needs_transcript())
+        if not (transcripts or self._refresh_due()):
+            return
+        if self._idle_task is not None and not self._idle_task.done():
+            return
+        self._idle_task = self.create_task(self._idle_work(), "voxtral-idle-work")
+
+    def _refresh_due(self) -> bool:
+        """The next turn pushes a user turn out of the audio budget: its prompt prefix will change."""
+        ctx = self._context
+        return (
+            self._engine is not None
+            and self._config.kv_cache
+            and ctx.audio_limit(upcoming=1) > ctx.audio_limit()
+        )
+
+    async def _cancel_idle_work(self) -> None:
+        if self._idle_cancel is not None:
+            self._idle_cancel.set()
+        task, self._idle_task = self._idle_task, None
+        if task is not None and not task.done():
+            await self.cancel_task(task)
+
+    async def _idle_work(self) -> None:
+        cancel = self._idle_cancel = threading.Event()
+        c = self._config
+        changed = self._refresh_due()
+        limit = self._context.audio_limit(upcoming=1)
+        users = self._context.user_turns
+        for turn in self._context.needs_transcript() if c.transcribe_history else []:
+            if cancel.is_set():
+                return
+            try:
+                if self._vllm is not None:
+                    text = await self._vllm.transcribe(turn.audio, c.transcription_language)
+                else:
+                    assert self._engine is not None
+                    request = EngineRequest(
+                        session_id=self.session_id,
+                        kind="transcribe",
+                        audio=turn.audio,
+                        cancel=cancel,
+                        max_new_tokens=max(16, int(turn.duration_secs * 8) + 16),
+                        language=c.transcription_language,
+                    )
+                    result = await asyncio.wrap_future(self._engine.submit(request))
+                    if result.cancelled:
+                        return  # a new turn took the engine; try again after its answer
+                    text = result.text.strip()
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                logger.warning(f"{self}: transcript failed: {type(e).__name__}: {e}")
+                return
+            turn.transcript = text
+            changed = changed or any(t is turn for t in users[:limit])
+        if changed and self._engine is not None and c.kv_cache and not cancel.is_set():
+            # The next turn will see these transcripts: prefill that context now, while idle.
+            refresh = EngineRequest(
+                session_id=self.session_id,
+                kind="refresh",
+                conversation=self._context.render(upcoming=1),
+                cancel=cancel,
+            )
+            await asyncio.wrap_future(self._engine.submit(refresh))
+
+
+_SHARED: dict[tuple, VoxtralBundle] = {}
+
+
+def shared_bundle(config: VoxtralConfig) -> VoxtralBundle:
+    """One loaded model per (spec, device, dtype, attention, seed) in the process."""
+    key = (config.model, config.device, config.dtype, config.attn_implementation, config.seed)
+    bundle = _SHARED.get(key)
+    if bundle is None:
+        bundle = load_voxtral(
+            config.model,
+            config.device,
+            config.dtype,
+            config.seed,
+            attn_implementation=config.attn_implementation,
+        )
+        _SHARED[key] = bundle
+    return bundle
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
+    """Schedule on the event loop from the engine thread; a closed loop has nobody to tell."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass

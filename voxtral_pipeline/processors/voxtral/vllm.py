@@ -1,0 +1,172 @@
+"""Voxtral on a vLLM server: streaming ``/v1/chat/completions`` with ``input_audio`` parts.
+
+The request body is the one vLLM documents for Voxtral (OpenAI chat format, audio as base64 WAV in
+``input_audio`` parts). The session id goes in a header and in the body's ``user`` field, so a
+router can keep a session on one replica (and its prefix cache). vLLM takes at most 5 audios per
+prompt: older user turns go as text (transcript or placeholder). Transcripts come from the
+server's ``/v1/audio/transcriptions``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+
+from voxtral_pipeline.audio import wav_bytes
+from voxtral_pipeline.config import VLLMConfig
+from voxtral_pipeline.models.voxtral import SAMPLE_RATE
+from voxtral_pipeline.processors.voxtral.engine import EngineResult
+
+
+class VLLMError(RuntimeError):
+    """The server could not be reached, timed out, refused the request or broke the stream."""
+
+
+def openai_messages(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat-template messages with ``{"type": "audio", "base64": ...}`` parts as ``input_audio`` parts."""
+    out: list[dict[str, Any]] = []
+    for message in conversation:
+        content = message["content"]
+        if isinstance(content, list):
+            parts = []
+            for part in content:
+                if part.get("type") == "audio":
+                    parts.append(
+                        {"type": "input_audio", "input_audio": {"data": part["base64"], "format": "wav"}}
+                    )
+                else:
+                    parts.append(part)
+            content = parts
+        out.append({"role": message["role"], "content": content})
+    return out
+
+
+class VLLMClient:
+    """One session's connection to a vLLM server."""
+
+    def __init__(self, config: VLLMConfig, session_id: str):
+        self.config = config
+        self.session_id = session_id
+        self._http: aiohttp.ClientSession | None = None
+
+    def _headers(self) -> dict[str, str]:
+        headers = {self.config.session_header: self.session_id}
+        if self.config.api_key:
+            headers["Authorization"] = f"Bearer {self.config.api_key}"
+        return headers
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            c = self.config
+            timeout = aiohttp.ClientTimeout(
+                total=None, sock_connect=c.connect_timeout_secs, sock_read=c.read_timeout_secs
+            )
+            self._http = aiohttp.ClientSession(timeout=timeout)
+        return self._http
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    def chat_body(
+        self, conversation: list[dict[str, Any]], *, max_tokens: int, temperature: float, top_p: float
+    ) -> dict[str, Any]:
+        return {
+            "model": self.config.model,
+            "messages": openai_messages(conversation),
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": temperature,
+            "top_p": top_p,
+            "max_tokens": max_tokens,
+            "user": self.session_id,
+        }
+
+    async def stream_chat(self, body: dict[str, Any], result: EngineResult) -> AsyncIterator[str]:
+        """Yield text deltas of a streamed answer; fills ``result`` (usage, timings) as it goes.
+
+        Raises:
+            VLLMError: connection failure, timeout, HTTP error or a broken stream.
+        """
+        url = self.config.base_url.rstrip("/") + "/chat/completions"
+        t0 = time.perf_counter()
+        result.generate_calls = 1
+        try:
+            async with self._session().post(url, json=body, headers=self._headers()) as resp:
+                if resp.status != 200:
+                    detail = (await resp.text())[:300]
+                    raise VLLMError(f"vLLM answered HTTP {resp.status}: {detail}")
+                lines = resp.content.__aiter__()
+                first = True
+                while True:
+                    try:
+                        if first:
+                            raw = await asyncio.wait_for(
+                                lines.__anext__(), self.config.first_token_timeout_secs
+                            )
+                        else:
+                            raw = await lines.__anext__()
+                    except StopAsyncIteration:
+                        break
+                    line = raw.decode("utf-8").strip()
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    chunk = json.loads(data)
+                    if chunk.get("error"):
+                        raise VLLMError(f"vLLM stream error: {chunk['error']}")
+                    usage = chunk.get("usage")
+                    if usage:
+                        result.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+                        details = usage.get("prompt_tokens_details") or {}
+                        cached = int(details.get("cached_tokens") or 0)
+                        result.cached_tokens = cached
+                        result.prefill_tokens = result.prompt_tokens - cached
+                    for choice in chunk.get("choices") or []:
+                        text = (choice.get("delta") or {}).get("content") or ""
+                        if text:
+                            first = False
+                            if result.first_token_s is None:
+                                result.first_token_s = time.perf_counter() - t0
+                            result.token_ids.append(-1)  # ids are not streamed; count the chunks
+                            result.text += text
+                            yield text
+        except VLLMError:
+            raise
+        except (TimeoutError, asyncio.TimeoutError) as e:
+            raise VLLMError(f"vLLM at {self.config.base_url} timed out") from e
+        except aiohttp.ClientConnectorError as e:
+            raise VLLMError(f"cannot reach vLLM at {self.config.base_url}: {e}") from e
+        except aiohttp.ClientError as e:
+            raise VLLMError(
+                f"connection to vLLM at {self.config.base_url} failed: {type(e).__name__}: {e}"
+            ) from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise VLLMError(f"vLLM sent a malformed stream: {e}") from e
+        finally:
+            result.generate_s = time.perf_counter() - t0
+
+    async def transcribe(self, samples: Any, language: str | None) -> str:
+        """The server's transcript of 16 kHz float samples (``/v1/audio/transcriptions``)."""
+        url = self.config.base_url.rstrip("/") + "/audio/transcriptions"
+        form = aiohttp.FormData()
+        form.add_field("file", wav_bytes(samples, SAMPLE_RATE), filename="turn.wav", content_type="audio/wav")
+        form.add_field("model", self.config.model)
+        form.add_field("temperature", "0")
+        if language:
+            form.add_field("language", language)
+        try:
+            async with self._session().post(url, data=form, headers=self._headers()) as resp:
+                if resp.status != 200:
+                    raise VLLMError(f"vLLM transcription answered HTTP {resp.status}")
+                return str((await resp.json()).get("text", "")).strip()
+        except (TimeoutError, asyncio.TimeoutError, aiohttp.ClientError) as e:
+            raise VLLMError(f"vLLM transcription failed: {type(e).__name__}") from e
