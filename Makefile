@@ -4,11 +4,13 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 ARGS    ?=
-# The default bot: the bundled three-question conversation through the file transport.
-RUN_ARGS ?= --input examples/audio/three_questions.wav --output out/reply.wav --report out/report.json
+# The default bot: the browser page on http://127.0.0.1:7860/ (WebRTC). The file-transport bot:
+# make run RUN_ARGS="--input examples/audio/three_questions.wav --output out/reply.wav --report out/report.json"
+RUN_ARGS ?=
+LOCAL_STAMP := $(VENV)/.installed-local
 TORCH_CPU_VERSION ?= 2.13.0
 
-.PHONY: setup run test lint clean system-deps
+.PHONY: setup run test lint clean system-deps bench-tts
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -20,24 +22,38 @@ $(STAMP): pyproject.toml Makefile
 		$(PY) -m pip install --quiet "torch==$(TORCH_CPU_VERSION)" || \
 		$(PY) -m pip install --quiet "torch==$(TORCH_CPU_VERSION)" --index-url https://download.pytorch.org/whl/cpu; \
 	fi
-	$(PY) -m pip install --quiet -e ".[webrtc,websocket,dev]"
+	$(PY) -m pip install --quiet -e ".[webrtc,websocket,daily,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)
 
-# Debian packages the tests use: espeak-ng speaks the test conversations.
+# Debian packages the tests use: espeak-ng speaks the test conversations, chromium loads the
+# browser page, portaudio19-dev lets PyAudio (local audio) build.
 system-deps:
-	@if ! command -v espeak-ng >/dev/null 2>&1; then \
-		if [ "$$(id -u)" = "0" ]; then apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null; \
-		elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq espeak-ng >/dev/null; \
-		else echo "espeak-ng is missing and cannot be installed: tests that need speech will be skipped"; fi; \
+	@missing=""; \
+	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	[ -e /usr/include/portaudio.h ] || missing="$$missing portaudio19-dev"; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = "0" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
+		elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq $$missing >/dev/null; \
+		else echo "missing:$$missing (cannot install): tests that need them will be skipped"; fi; \
 	fi
+
+# PyAudio builds against portaudio19-dev (from system-deps); without it the local-audio tests skip.
+$(LOCAL_STAMP): $(STAMP)
+	@if [ -e /usr/include/portaudio.h ]; then $(PY) -m pip install --quiet -e ".[local]" && touch $@; \
+	else echo "portaudio19-dev is missing: PyAudio (local audio) not installed"; fi
 
 run: setup
 	$(VENV)/bin/voxtral-pipeline run $(RUN_ARGS) $(ARGS)
 
-test: setup system-deps
+test: setup system-deps $(LOCAL_STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# Chunking policies in front of Kokoro (dummy:full): TTFA, playback gaps, chunk sizes -> benchmarks/results/
+bench-tts: setup
+	$(PY) benchmarks/tts_bench.py $(ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check voxtral_pipeline tests benchmarks

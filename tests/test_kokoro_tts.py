@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 
 import numpy as np
 import pytest
 from pipecat.frames.frames import (
     AggregatedTextFrame,
     ErrorFrame,
+    InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     MetricsFrame,
@@ -16,19 +19,21 @@ from pipecat.frames.frames import (
     TTSStartedFrame,
     TTSStoppedFrame,
 )
-from pipecat.metrics.metrics import TTFBMetricsData
+from pipecat.metrics.metrics import TTFAMetricsData, TTFBMetricsData, TTSUsageMetricsData
 from pipecat.pipeline.worker import PipelineParams
-from pipecat.tests.utils import run_test
+from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.text.base_text_aggregator import TextType
 
-from voxtral_pipeline.audio import pcm16_to_float
+from voxtral_pipeline.audio import float_to_pcm16, pcm16_to_float, resample
 from voxtral_pipeline.config import KokoroConfig
+from voxtral_pipeline.frames import SynthesisSpeedFrame
 from voxtral_pipeline.models.kokoro import KokoroBundle
 from voxtral_pipeline.processors.kokoro import KokoroTTSService, trim_silence
 
 pytest_plugins = ["tests.kokoro_fixtures"]  # fixtures: kokoro_tiny
 
 CONFIG = KokoroConfig(model="dummy:tiny", device="cpu")
+NO_PAUSE = KokoroConfig(model="dummy:tiny", device="cpu", clause_pause_ms=0, sentence_pause_ms=0)
 
 
 async def _speak(service: KokoroTTSService, texts: list[str], rate: int = 24000, **params):
@@ -91,7 +96,9 @@ def test_trim_silence_edge_cases():
 @pytest.mark.parametrize("rate", [16000, 24000])
 async def test_speaks_a_chunk_in_20ms_frames(kokoro_tiny, rate):
     service = KokoroTTSService(CONFIG, bundle=kokoro_tiny)
-    down, up = await _speak(service, ["Hello there."], rate=rate, enable_metrics=True)
+    down, up = await _speak(
+        service, ["Hello there."], rate=rate, enable_metrics=True, enable_usage_metrics=True
+    )
 
     kinds = [type(f) for f in down]
     assert TTSStartedFrame in kinds and TTSStoppedFrame in kinds
@@ -106,10 +113,19 @@ async def test_speaks_a_chunk_in_20ms_frames(kokoro_tiny, rate):
     seconds = sum(len(f.audio) for f in audio) / 2 / rate
     assert 0.3 < seconds < 3.0  # ~12 phonemes at ~3 frames each, edges trimmed
     assert not [f for f in up if isinstance(f, ErrorFrame)]
+    # the chunker upstream is told how fast synthesis is (at start, and after the chunk)
+    speeds = [f.rtf for f in up if isinstance(f, SynthesisSpeedFrame)]
+    assert len(speeds) == 2 and all(r > 0 for r in speeds)
 
-    ttfb = [d for f in down if isinstance(f, MetricsFrame) for d in f.data if isinstance(d, TTFBMetricsData)]
+    metrics = [d for f in down if isinstance(f, MetricsFrame) for d in f.data]
+    ttfb = [d for d in metrics if isinstance(d, TTFBMetricsData)]
     # the worker's initial metrics frame carries zeros; the service's own report follows it
     assert [d.value for d in ttfb if d.model == "dummy:tiny" and d.value > 0]
+    # time to first *audible* sample: the edges are trimmed, so it is TTFB plus a few ms at most
+    (ttfa,) = [d for d in metrics if isinstance(d, TTFAMetricsData)]
+    assert ttfa.ttfa >= ttfa.ttfb > 0 and ttfa.leading_silence < 0.05
+    # usage: the characters spoken this turn
+    assert [d.value for d in metrics if isinstance(d, TTSUsageMetricsData)] == [len("Hello there.")]
 
 
 class _PaddedBundle(KokoroBundle):
@@ -130,7 +146,7 @@ def _copy(bundle: KokoroBundle, cls: type[KokoroBundle]) -> KokoroBundle:
 
 async def test_edge_silence_is_trimmed(kokoro_tiny):
     bundle = _copy(kokoro_tiny, _PaddedBundle)
-    down, _ = await _speak(KokoroTTSService(CONFIG, bundle=bundle), ["Hello there."])
+    down, _ = await _speak(KokoroTTSService(NO_PAUSE, bundle=bundle), ["Hello there."])
     samples = _samples(down)
     (raw,) = bundle.raw_sizes
     assert samples.size <= raw + int(0.05 * 24000)  # the 0.85 s of padding is gone
@@ -190,7 +206,7 @@ async def test_reply_ending_in_a_silent_chunk_is_closed_at_its_end(kokoro_tiny):
 
 async def test_several_chunks_in_order(kokoro_tiny):
     bundle = _copy(kokoro_tiny, _PaddedBundle)
-    down, _ = await _speak(KokoroTTSService(CONFIG, bundle=bundle), ["Sure,", " I can help", " with that."])
+    down, _ = await _speak(KokoroTTSService(NO_PAUSE, bundle=bundle), ["Sure,", " I can help", " with that."])
     assert len(bundle.raw_sizes) == 3
     assert [type(f) for f in down].count(TTSStartedFrame) >= 1
     # all chunks' trimmed audio arrived, nothing of the padding
@@ -206,3 +222,92 @@ async def test_setup_loads_and_warms_up_the_model(kokoro_tiny):
     assert service.bundle is not None and service.bundle is not kokoro_tiny
     assert service.bundle.warmed_up
     assert _audio(down)
+
+
+#
+# Pauses, interruption, resampling
+#
+
+
+class _ToneBundle(KokoroBundle):
+    """Every chunk is 0.3 s of tone inside Kokoro-like edge silence (no model call)."""
+
+    def infer(self, phonemes: str, speed: float = 1.0) -> np.ndarray:
+        self.raw_sizes.append(len(phonemes))
+        return np.concatenate([np.zeros(6000, np.float32), _tone(0.3), np.zeros(14400, np.float32)])
+
+
+def _silent_runs(x: np.ndarray, rate: int = 24000) -> list[float]:
+    """Lengths (s) of the runs of exact silence inside ``x``."""
+    quiet = np.concatenate([[False], x == 0, [False]])
+    edges = np.flatnonzero(np.diff(quiet.astype(int)))
+    return [(b - a) / rate for a, b in zip(edges[::2], edges[1::2], strict=True)]
+
+
+async def test_pauses_follow_clause_and_sentence_chunks_only(kokoro_tiny):
+    bundle = _copy(kokoro_tiny, _ToneBundle)
+    config = KokoroConfig(model="dummy:tiny", clause_pause_ms=100, sentence_pause_ms=250)
+    down, _ = await _speak(KokoroTTSService(config, bundle=bundle), ["Sure,", " I can help", " with that."])
+    samples = _samples(down)
+    margins = (0.010 + 0.015) * 3  # trim margins kept around each chunk's audible part
+    assert samples.size / 24000 == pytest.approx(3 * 0.3 + margins + 0.1 + 0.25, abs=0.02)
+    gaps = [g for g in _silent_runs(samples) if g > 0.05]
+    # after "Sure," a clause pause; after "I can help" (mid-phrase) only the trim margins;
+    # after "with that." the sentence pause ends the audio
+    assert len(gaps) == 2
+    assert gaps[0] == pytest.approx(0.1 + 0.025, abs=0.01)
+    assert gaps[1] == pytest.approx(0.25 + 0.015, abs=0.01)
+
+
+class _SlowBundle(KokoroBundle):
+    """Each model call takes 0.4 s of wall-clock time (like a big model on a slow CPU)."""
+
+    def infer(self, phonemes: str, speed: float = 1.0) -> np.ndarray:
+        self.raw_sizes.append(phonemes)
+        time.sleep(0.4)
+        return np.concatenate([np.zeros(2400, np.float32), _tone(0.2), np.zeros(2400, np.float32)])
+
+
+async def test_interruption_stops_queued_synthesis_and_pushes_no_more_audio(kokoro_tiny):
+    bundle = _copy(kokoro_tiny, _SlowBundle)
+    service = KokoroTTSService(CONFIG, bundle=bundle)
+    chunks = ["One two,", " three four,", " five six,", " seven eight,", " nine ten."]
+    frames = [
+        LLMFullResponseStartFrame(),
+        *[AggregatedTextFrame(t, TextType.SENTENCE) for t in chunks],
+        SleepFrame(sleep=0.2),
+        InterruptionFrame(),
+        SleepFrame(sleep=0.6),  # the call in flight finishes meanwhile; its audio is dropped
+        LLMFullResponseStartFrame(),
+        AggregatedTextFrame("Yes?", TextType.SENTENCE),
+        LLMFullResponseEndFrame(),
+    ]
+    threads_before = threading.active_count()
+    down, _ = await run_test(service, frames_to_send=frames, start_timeout=120.0)
+    cut = next(i for i, f in enumerate(down) if isinstance(f, InterruptionFrame))
+    after = _audio(down[cut:])
+    assert after, "the reply after the interruption is spoken"
+    assert len({f.context_id for f in after}) == 1  # only the new reply's audio
+    assert all(f.context_id not in {g.context_id for g in _audio(down[:cut])} for f in after)
+    # the queued chunks were never synthesized: at most the one in flight, plus "Yes?"
+    assert len(bundle.raw_sizes) <= 3 < len(chunks) + 1
+    assert threading.active_count() <= threads_before + 1
+
+
+def test_resample_keeps_duration_and_pitch():
+    tone = _tone(1.0)  # 220 Hz at 24 kHz
+    for rate in (16000, 8000, 48000):
+        y = resample(tone, 24000, rate)
+        assert y.dtype == np.float32 and abs(y.size - rate) <= 2
+        spectrum = np.abs(np.fft.rfft(y))
+        assert np.argmax(spectrum) * rate / y.size == pytest.approx(220, abs=2)
+        assert np.abs(y).max() == pytest.approx(0.5, abs=0.02)
+    assert resample(tone, 24000, 24000) is not None and np.array_equal(resample(tone, 24000, 24000), tone)
+    assert resample(np.zeros(0, np.float32), 24000, 16000).size == 0
+
+
+def test_pcm16_conversion_round_trip_and_clipping():
+    x = np.array([0.0, 0.5, -0.5, 2.0, -2.0, np.nan], np.float32)
+    y = pcm16_to_float(float_to_pcm16(x))
+    assert y[:3] == pytest.approx([0.0, 0.5, -0.5], abs=1e-4)
+    assert y[3] == pytest.approx(1.0, abs=1e-4) and y[4] == -1.0 and y[5] == 0.0

@@ -6,7 +6,7 @@ utterance in one frame, so the Voxtral stage never needs to know how turns are d
 
 from dataclasses import dataclass, field
 
-from pipecat.frames.frames import DataFrame
+from pipecat.frames.frames import DataFrame, SystemFrame, TextFrame
 
 
 @dataclass
@@ -40,3 +40,34 @@ class UserUtteranceFrame(DataFrame):
 
     def __str__(self):
         return f"{self.name}(duration: {self.duration_secs:.2f}s, sample_rate: {self.sample_rate})"
+
+
+@dataclass
+class DisplayTextFrame(TextFrame):
+    """Bot text for transcripts and clients, one complete word (with its spacing) per frame.
+
+    The word chunker sends every word as soon as it is complete, ahead of the speech chunks that
+    carry the same text to the TTS stage. ``skip_tts`` is set, so pipecat's ``TTSService`` pushes
+    it on at once instead of speaking it (or re-aggregating it behind the audio, as it does with
+    a skipped ``LLMTextFrame``); ``append_to_context`` is off, so an assistant aggregator that
+    sees it does not store the reply twice (the spoken ``TTSTextFrame``s carry it).
+    """
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.skip_tts = True
+        self.append_to_context = False
+        self.includes_inter_frame_spaces = True
+
+
+@dataclass
+class SynthesisSpeedFrame(SystemFrame):
+    """How fast the TTS stage synthesizes, sent upstream to the word chunker after each chunk.
+
+    Parameters:
+        rtf: real-time factor, seconds of synthesis per second of (trimmed) speech; below 1 the
+            TTS is faster than playback. The adaptive chunker sizes chunks so each one's synthesis
+            fits in the audio already queued ahead of it.
+    """
+
+    rtf: float

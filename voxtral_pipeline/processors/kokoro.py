@@ -1,12 +1,17 @@
 """Kokoro TTS stage: speaks each chunk the word chunker sends, as soon as it is synthesized.
 
 pipecat's own ``KokoroTTSService`` runs kokoro-onnx and downloads its files in ``__init__``;
-this one runs the PyTorch ``kokoro`` package (misaki G2P, real or random weights), loads in
-``setup()`` off the event loop and warms up before the first turn. It works in TOKEN mode: the
-chunker upstream decides the chunks and each ``AggregatedTextFrame`` becomes one synthesis.
+this one runs Kokoro-82M on the PyTorch ``kokoro`` package (``KModel`` on CUDA when present, else
+CPU) or on ONNX Runtime (for CPU-only hosts; see ``models/kokoro_onnx.py``), always with misaki's
+offline G2P; it loads in ``setup()`` off the event loop and warms up before the first turn. It
+works in TOKEN mode: the chunker upstream decides the chunks and each ``AggregatedTextFrame``
+becomes one synthesis.
 
 Every Kokoro call pads its audio with ~0.25 s of leading and ~0.6 s of trailing silence; that is
-trimmed per chunk, so chunks join without gaps and the first frame out is already audible.
+trimmed per chunk, so the first frame out is already audible, and a short pause of our own follows
+a chunk that ends a clause or a sentence (none after a chunk cut mid-phrase), so chunks join as
+one utterance. On an interruption no further audio is pushed and no queued chunk is synthesized;
+only a model call already running finishes (a forward pass cannot be stopped) and is discarded.
 """
 
 from __future__ import annotations
@@ -19,15 +24,17 @@ from typing import TypeVar
 
 import numpy as np
 from loguru import logger
-from pipecat.frames.frames import ErrorFrame, Frame, TTSAudioRawFrame
-from pipecat.processors.frame_processor import FrameProcessorSetup
+from pipecat.frames.frames import ErrorFrame, Frame, InterruptionFrame, StartFrame, TTSAudioRawFrame
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.settings import TTSSettings
 from pipecat.services.tts_service import TextAggregationMode, TTSService
 from pipecat.utils.tracing.service_decorators import traced_tts
 
 from voxtral_pipeline.audio import float_to_pcm16, resample
 from voxtral_pipeline.config import KokoroConfig
+from voxtral_pipeline.frames import SynthesisSpeedFrame
 from voxtral_pipeline.models.kokoro import KokoroBundle, load_kokoro
+from voxtral_pipeline.processors.chunker import boundary
 
 FRAME_MS = 20
 # Margins kept around the audible part so onsets (plosives, breaths) and decays are not clipped.
@@ -90,10 +97,18 @@ class KokoroTTSService(TTSService):
         # A chunk with nothing to say ("...") is no sign of a broken local model, unlike a silent
         # cloud provider: never write the service off for silent chunks.
         kwargs.setdefault("max_consecutive_zero_audio_contexts", 0)
+        # pipecat closes a turn's audio context after 3 s without audio; one long chunk on a slow
+        # CPU takes longer than that to synthesize, and the turn would be "stopped" mid-reply.
+        # Our contexts are closed explicitly at the end of each reply, so this is only a safety net.
+        kwargs.setdefault("stop_frame_timeout_s", 10.0)
         super().__init__(push_start_frame=True, push_stop_frames=True, **kwargs)
         self._config = config
         self._bundle = bundle
         self._executor: ThreadPoolExecutor | None = None
+        # Bumped by every interruption: work started before it is dropped, never pushed.
+        self._epoch = 0
+        # Seconds of synthesis per second of speech, last measured (sent upstream to the chunker).
+        self._rtf: float | None = None
 
     @property
     def bundle(self) -> KokoroBundle | None:
@@ -113,10 +128,22 @@ class KokoroTTSService(TTSService):
         await super().setup(setup)
         if self._bundle is None:
             c = self._config
-            self._bundle = await asyncio.to_thread(load_kokoro, c.model, c.voice, c.device, c.lang_code)
+            self._bundle = await asyncio.to_thread(
+                load_kokoro, c.model, c.voice, c.device, c.lang_code, voices_file=c.voices_file
+            )
         started = time.perf_counter()
         await self._run(self._bundle.warm_up, speed=self._config.speed)
-        logger.debug(f"{self}: ready ({self._bundle.spec}, warm-up {time.perf_counter() - started:.2f} s)")
+        self._rtf = self._bundle.rtf  # timed at warm-up: the chunker's first estimate of our speed
+        logger.debug(
+            f"{self}: ready ({self._bundle.spec}, warm-up {time.perf_counter() - started:.2f} s, "
+            f"real-time factor {self._rtf})"
+        )
+
+    async def start(self, frame: StartFrame):
+        """Start, then tell the chunker upstream how fast synthesis is."""
+        await super().start(frame)
+        if self._rtf is not None:
+            await self.push_frame(SynthesisSpeedFrame(rtf=self._rtf), FrameDirection.UPSTREAM)
 
     async def cleanup(self):
         """Release the synthesis thread."""
@@ -125,22 +152,47 @@ class KokoroTTSService(TTSService):
             self._executor.shutdown(wait=False, cancel_futures=True)
             self._executor = None
 
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        """Mark work in flight as stale on an interruption, then let the base class drop it."""
+        if isinstance(frame, InterruptionFrame):
+            self._epoch += 1
+        await super().process_frame(frame, direction)
+
+    def pause_after(self, text: str) -> float:
+        """Seconds of silence to follow a chunk: a clause or sentence pause, or none mid-phrase."""
+        kind = boundary(text)
+        if kind == "sentence":
+            return self._config.sentence_pause_ms / 1000.0
+        if kind == "clause":
+            return self._config.clause_pause_ms / 1000.0
+        return 0.0
+
     @traced_tts
     async def run_tts(self, text: str, context_id: str) -> AsyncGenerator[Frame | None, None]:
         """Synthesize one chunk and yield it as 20 ms frames at the pipeline's output rate.
 
-        A failure is reported as a non-fatal ``ErrorFrame`` naming the chunk; the next chunk is
-        still spoken. Text with nothing to pronounce yields no audio.
+        Each of the chunk's segments (Kokoro cuts at 510 phonemes) is pushed as soon as it is
+        ready; the chunk's pause is appended to its last segment. A failure is reported as a
+        non-fatal ``ErrorFrame`` naming the chunk; the next chunk is still spoken. Text with
+        nothing to pronounce yields no audio.
         """
         bundle = self._bundle
         if bundle is None:
             yield ErrorFrame(error=f"{self}: Kokoro is not loaded, cannot speak [{text}]")
             return
+        epoch = self._epoch
         await self.start_tts_usage_metrics(text)
         try:
             segments = await self._run(bundle.phonemize, text)
-            for phonemes in segments:
-                pcm = await self._run(self._render, bundle, phonemes)
+            for i, phonemes in enumerate(segments):
+                if epoch != self._epoch:
+                    return
+                pause = self.pause_after(text) if i == len(segments) - 1 else 0.0
+                pcm = await self._run(self._render, bundle, phonemes, pause, epoch)
+                if epoch != self._epoch:
+                    return  # interrupted while the model ran: its audio is never pushed
+                if self._rtf is not None:
+                    await self.push_frame(SynthesisSpeedFrame(rtf=self._rtf), FrameDirection.UPSTREAM)
                 first = True
                 for frame in self._frames(pcm, context_id):
                     if first:
@@ -153,12 +205,30 @@ class KokoroTTSService(TTSService):
             logger.opt(exception=e).debug(f"{self}: synthesis failed for [{text}]")
             yield ErrorFrame(error=f"{self}: Kokoro could not speak [{text}]: {e}", exception=e)
 
-    def _render(self, bundle: KokoroBundle, phonemes: str) -> bytes:
-        """Model forward, trim, resample and 16-bit conversion, all on the synthesis thread."""
-        audio = bundle.infer(phonemes, self._config.speed)
-        audio = trim_silence(audio, bundle.sample_rate, self._config.trim_db)
+    def _render(
+        self, bundle: KokoroBundle, phonemes: str, pause_s: float = 0.0, epoch: int | None = None
+    ) -> bytes:
+        """Model forward, trim, pause, resample and 16-bit conversion, all on the synthesis thread.
+
+        Work queued before an interruption (``epoch`` out of date) is skipped, not synthesized.
+        """
+        if epoch is not None and epoch != self._epoch:
+            return b""
+        audio = self._synthesize(bundle, phonemes)
+        if audio.size and pause_s > 0:
+            audio = np.concatenate([audio, np.zeros(int(round(pause_s * bundle.sample_rate)), np.float32)])
         audio = resample(audio, bundle.sample_rate, self.sample_rate)
         return float_to_pcm16(audio)
+
+    def _synthesize(self, bundle: KokoroBundle, phonemes: str) -> np.ndarray:
+        """Model forward and trim at the model's rate, timed for the real-time factor."""
+        started = time.perf_counter()
+        audio = trim_silence(
+            bundle.infer(phonemes, self._config.speed), bundle.sample_rate, self._config.trim_db
+        )
+        if audio.size:
+            self._rtf = (time.perf_counter() - started) / (audio.size / bundle.sample_rate)
+        return audio
 
     def _frames(self, pcm: bytes, context_id: str) -> list[TTSAudioRawFrame]:
         """Cut PCM into 20 ms frames (the last one may be shorter)."""
