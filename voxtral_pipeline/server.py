@@ -1,0 +1,415 @@
+"""The bot's server for the browser (WebRTC) and WebSocket transports: one pipeline per session.
+
+``BotServer`` is a FastAPI app run by uvicorn. Models are loaded once per process
+(:class:`SharedModels`) and every session (a peer connection or a WebSocket) gets its own
+pipeline built by :func:`~voxtral_pipeline.pipeline.build_pipeline` from the same config, with the
+loaded models passed in.
+
+Endpoints (``transport.kind = "webrtc"``):
+    ``GET /`` the page (``voxtral_pipeline/web/``); ``POST /api/offer`` SDP offer -> answer;
+    ``PATCH /api/offer`` trickled ICE candidates; ``GET /status``.
+Endpoints (``transport.kind = "websocket"``):
+    ``WS /ws`` (``transport.websocket.path``), protocol in
+    :mod:`voxtral_pipeline.transports.websocket`; ``GET /status``.
+
+Safe defaults: bound to 127.0.0.1 (a warning is logged for any other address); with
+``transport.server.token`` set, the offer and the WebSocket need ``Authorization: Bearer TOKEN``
+or ``?token=TOKEN``; at most ``max_sessions`` at once (HTTP 429 for an offer, close code 1013 for
+a WebSocket); offers and messages over ``max_message_bytes`` are refused or dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import json
+import socket
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Request, WebSocket
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from loguru import logger
+
+from voxtral_pipeline.config import PipelineConfig
+from voxtral_pipeline.transports.events import ClientEventsObserver
+
+WS_CLOSE_BAD_TOKEN = 4401
+WS_CLOSE_BUSY = 1013  # "try again later"
+WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
+
+
+@dataclass
+class SharedModels:
+    """Models loaded once per process and shared by every session's stages."""
+
+    voxtral: Any = None  # VoxtralBundle
+    kokoro: Any = None  # KokoroBundle
+
+    @classmethod
+    def load(cls, config: PipelineConfig) -> SharedModels:
+        """Load both models (blocking; call it in a thread). Raises ModelUnavailableError."""
+        from voxtral_pipeline.models.kokoro import load_kokoro
+
+        v, k = config.voxtral, config.kokoro
+        voxtral = None
+        if getattr(v, "backend", "transformers") == "transformers":
+            try:  # the Voxtral stage's own per-process cache, so stages built without a bundle share it too
+                from voxtral_pipeline.processors.voxtral.processor import shared_bundle
+            except ImportError:  # pragma: no cover - older stage without the cache
+                from voxtral_pipeline.models.voxtral import load_voxtral
+
+                voxtral = load_voxtral(v.model, v.device, v.dtype, v.seed)
+            else:
+                voxtral = shared_bundle(v)
+        extra = {"voices_file": k.voices_file} if getattr(k, "voices_file", None) else {}
+        kokoro = load_kokoro(k.model, k.voice, k.device, k.lang_code, **extra)
+        return cls(voxtral, kokoro)
+
+
+def build_session(config: PipelineConfig, transport, models: SharedModels | None = None, observers=None):
+    """One session's pipeline on ``transport``: the same stages and code path for every transport.
+
+    With ``models`` the Voxtral and Kokoro stages get the already loaded bundles; without, each
+    stage loads its model in ``setup()`` (the CLI's single-session transports).
+    """
+    from voxtral_pipeline.pipeline import build_pipeline
+    from voxtral_pipeline.processors.kokoro import KokoroTTSService
+    from voxtral_pipeline.processors.voxtral import VoxtralLLMService
+
+    voxtral = tts = None
+    if models is not None:
+        if models.voxtral is not None:
+            voxtral = VoxtralLLMService(config.voxtral, bundle=models.voxtral)
+        if models.kokoro is not None:
+            tts = KokoroTTSService(config.kokoro, bundle=models.kokoro)
+    events = ClientEventsObserver(transport)
+    voice = build_pipeline(
+        config, transport, voxtral=voxtral, tts=tts, observers=[events, *(observers or [])]
+    )
+    events.metrics = voice.metrics
+    return voice
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind_warning(host: str) -> str | None:
+    """The warning to log for a bind that other machines can reach, or None for loopback."""
+    if is_loopback(host):
+        return None
+    return (
+        f"binding to {host}: the bot is reachable from other machines; set transport.server.token "
+        "(--token) and put it behind TLS for anything but a trusted network"
+    )
+
+
+@dataclass
+class Session:
+    id: str
+    kind: str
+    task: asyncio.Task | None = None
+    voice: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class BotServer:
+    """FastAPI app + uvicorn server for the webrtc and websocket transports."""
+
+    def __init__(self, config: PipelineConfig, models: SharedModels | None = None):
+        self.config = config
+        self.models = models
+        self.sessions: dict[str, Session] = {}
+        # The last few ended sessions (for /status and tests); bounded, so a long-running server
+        # does not keep every ended pipeline alive.
+        self.finished: deque[Session] = deque(maxlen=16)
+        self._reserved = 0
+        self._server = None
+        self._serve_task: asyncio.Task | None = None
+        self._webrtc = None
+        self.app = self._build_app()
+
+    # --- sessions -------------------------------------------------------------------------
+
+    @property
+    def active_sessions(self) -> int:
+        return len(self.sessions) + self._reserved
+
+    def _authorized(self, headers, query) -> bool:
+        token = self.config.transport.server.token
+        if not token:
+            return True
+        given = query.get("token") or ""
+        auth = headers.get("authorization", "")
+        if auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        return hmac.compare_digest(given.encode(), token.encode())
+
+    def _busy_message(self) -> str:
+        n = self.config.transport.server.max_sessions
+        return f"the bot is busy: {n} session{'s' if n != 1 else ''} already running; try again later"
+
+    async def _run_session(self, session: Session) -> None:
+        try:
+            report = await session.voice.run()
+            session.info["turns"] = report["summary"]["turns"]
+        except asyncio.CancelledError:
+            pass
+        except Exception as e:
+            logger.exception(f"session {session.id} failed: {e}")
+        finally:
+            self.sessions.pop(session.id, None)
+            self.finished.append(session)
+            if session.voice is not None:
+                error = session.voice.fatal_error
+                if error is not None:
+                    logger.error(f"session {session.id}: {error}")
+            logger.info(f"session {session.id} ({session.kind}) ended; {len(self.sessions)} active")
+
+    # --- app ------------------------------------------------------------------------------
+
+    def _build_app(self) -> FastAPI:
+        app = FastAPI(title="voxtral-pipeline", docs_url=None, redoc_url=None, openapi_url=None)
+        kind = self.config.transport.kind
+
+        @app.get("/status")
+        async def status():
+            return {
+                "status": "ready",
+                "transport": kind,
+                "sessions": len(self.sessions),
+                "max_sessions": self.config.transport.server.max_sessions,
+                "token_required": bool(self.config.transport.server.token),
+            }
+
+        if kind == "webrtc":
+            self._add_webrtc_routes(app)
+        elif kind == "websocket":
+            self._add_websocket_route(app)
+        else:
+            raise ValueError(f"the bot server serves webrtc or websocket, not {kind!r}")
+        return app
+
+    def _add_webrtc_routes(self, app: FastAPI) -> None:
+        from pipecat.transports.smallwebrtc.request_handler import (
+            SmallWebRTCPatchRequest,
+            SmallWebRTCRequest,
+            SmallWebRTCRequestHandler,
+        )
+
+        from voxtral_pipeline.transports.webrtc import build_webrtc_transport, ice_servers
+
+        handler = SmallWebRTCRequestHandler(ice_servers=ice_servers(self.config))
+        self._webrtc = handler
+        limit = self.config.transport.server.max_message_bytes
+
+        @app.get("/")
+        async def index():
+            return HTMLResponse(_web_file("index.html"))
+
+        @app.get("/app.js")
+        async def app_js():
+            return Response(_web_file("app.js"), media_type=WEB_FILES["app.js"])
+
+        @app.get("/favicon.ico")
+        async def favicon():
+            return Response(status_code=204)
+
+        async def read_json(request: Request) -> dict[str, Any] | JSONResponse:
+            body = await request.body()
+            if len(body) > limit:
+                logger.warning(f"webrtc: refused a {len(body)}-byte offer (limit {limit})")
+                return JSONResponse({"error": f"request over {limit} bytes"}, status_code=413)
+            try:
+                data = json.loads(body)
+                if not isinstance(data, dict):
+                    raise ValueError("not an object")
+                return data
+            except Exception:
+                logger.warning("webrtc: dropped a malformed offer request")
+                return JSONResponse({"error": "malformed request: expected a JSON object"}, status_code=400)
+
+        @app.post("/api/offer")
+        async def offer(request: Request):
+            if not self._authorized(request.headers, request.query_params):
+                return JSONResponse({"error": "invalid or missing token"}, status_code=401)
+            data = await read_json(request)
+            if isinstance(data, JSONResponse):
+                return data
+            if not isinstance(data.get("sdp"), str) or data.get("type") != "offer":
+                return JSONResponse({"error": "expected {sdp, type: 'offer'}"}, status_code=400)
+            renegotiation = bool(data.get("pc_id")) and data["pc_id"] in self.sessions
+            if not renegotiation and self.active_sessions >= self.config.transport.server.max_sessions:
+                logger.info("webrtc: refused a session, at the limit")
+                return JSONResponse({"error": self._busy_message()}, status_code=429)
+            if not renegotiation:
+                data.pop("pc_id", None)
+                self._reserved += 1
+            try:
+                req = SmallWebRTCRequest(sdp=data["sdp"], type="offer", pc_id=data.get("pc_id"))
+
+                async def on_connection(connection):
+                    self._start_webrtc_session(connection, build_webrtc_transport)
+
+                answer = await handler.handle_web_request(req, on_connection)
+            except Exception as e:
+                logger.warning(f"webrtc: offer failed: {e}")
+                return JSONResponse({"error": f"offer failed: {e}"}, status_code=400)
+            finally:
+                if not renegotiation:
+                    self._reserved -= 1
+            return answer
+
+        @app.patch("/api/offer")
+        async def ice_candidates(request: Request):
+            if not self._authorized(request.headers, request.query_params):
+                return JSONResponse({"error": "invalid or missing token"}, status_code=401)
+            data = await read_json(request)
+            if isinstance(data, JSONResponse):
+                return data
+            try:
+                patch = SmallWebRTCPatchRequest(**data)
+            except Exception:
+                return JSONResponse({"error": "malformed ICE candidate request"}, status_code=400)
+            await handler.handle_patch_request(patch)
+            return {"status": "success"}
+
+    def _start_webrtc_session(self, connection, build_transport) -> None:
+        transport = build_transport(self.config, connection)
+        session = Session(connection.pc_id, "webrtc")
+        session.voice = build_session(self.config, transport, self.models)
+
+        @transport.event_handler("on_client_disconnected")
+        async def _gone(_transport, _client):
+            await session.voice.worker.cancel(reason="client disconnected")
+
+        self.sessions[session.id] = session
+        session.task = asyncio.create_task(self._run_session(session), name=f"session-{session.id}")
+        timeout = self.config.transport.server.session_timeout_secs
+        if timeout:
+            asyncio.get_running_loop().call_later(timeout, lambda: session.task and session.task.cancel())
+        logger.info(f"session {session.id} (webrtc) started; {len(self.sessions)} active")
+
+    def _add_websocket_route(self, app: FastAPI) -> None:
+        from voxtral_pipeline.transports.websocket import build_websocket_transport
+
+        path = self.config.transport.websocket.path
+
+        @app.get("/")
+        async def index():
+            return JSONResponse(
+                {"service": "voxtral-pipeline", "websocket": path, "protocol": "pipecat frames.proto"}
+            )
+
+        @app.websocket(path)
+        async def ws_endpoint(websocket: WebSocket):
+            await websocket.accept()
+            if not self._authorized(websocket.headers, websocket.query_params):
+                logger.info("websocket: refused a client with a wrong or missing token")
+                await websocket.close(WS_CLOSE_BAD_TOKEN, "invalid or missing token")
+                return
+            if self.active_sessions >= self.config.transport.server.max_sessions:
+                logger.info("websocket: refused a session, at the limit")
+                await websocket.close(WS_CLOSE_BUSY, self._busy_message())
+                return
+            session = Session(uuid.uuid4().hex[:12], "websocket")
+            self.sessions[session.id] = session
+            try:
+                transport = build_websocket_transport(self.config, websocket)
+                session.voice = build_session(self.config, transport, self.models)
+
+                @transport.event_handler("on_client_disconnected")
+                async def _gone(_transport, _ws):
+                    await session.voice.worker.cancel(reason="client disconnected")
+
+                @transport.event_handler("on_session_timeout")
+                async def _timeout(_transport, _ws):
+                    await session.voice.worker.cancel(reason="session timeout")
+
+                logger.info(f"session {session.id} (websocket) started; {len(self.sessions)} active")
+                session.task = asyncio.current_task()
+                await self._run_session(session)
+            finally:
+                self.sessions.pop(session.id, None)
+
+    # --- serving --------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        """Bind and serve in the background; return the URL."""
+        import uvicorn
+
+        server_cfg = self.config.transport.server
+        warning = bind_warning(server_cfg.host)
+        if warning:
+            logger.warning(warning)
+        ws_max = max(2 * server_cfg.max_message_bytes, 1 << 20)
+        sock = socket.socket(
+            socket.AF_INET6 if ":" in server_cfg.host else socket.AF_INET, socket.SOCK_STREAM
+        )
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((server_cfg.host, server_cfg.port))
+        except OSError as e:
+            sock.close()
+            raise OSError(
+                f"cannot listen on {server_cfg.host}:{server_cfg.port}: {e.strerror or e}"
+            ) from None
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", ws_max_size=ws_max, lifespan="off")
+        self._server = uvicorn.Server(config)
+        self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="bot-server")
+        while not self._server.started:
+            if self._serve_task.done():
+                await self._serve_task
+                raise RuntimeError("the bot server stopped while starting")
+            await asyncio.sleep(0.02)
+        return self.url
+
+    @property
+    def url(self) -> str:
+        host = self.config.transport.server.host
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+        if ":" in shown:
+            shown = f"[{shown}]"
+        if self.config.transport.kind == "websocket":
+            return f"ws://{shown}:{self.port}{self.config.transport.websocket.path}"
+        return f"http://{shown}:{self.port}/"
+
+    async def stop(self) -> None:
+        """End every session, then the server."""
+        for session in list(self.sessions.values()):
+            if session.voice is not None:
+                await session.voice.worker.cancel(reason="server stopping")
+        tasks = [s.task for s in list(self.sessions.values()) if s.task]
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
+        if self._webrtc is not None:
+            await self._webrtc.close()
+        if self._server is not None:
+            self._server.should_exit = True
+        if self._serve_task is not None:
+            try:
+                await asyncio.wait_for(self._serve_task, 5)
+            except (asyncio.TimeoutError, asyncio.CancelledError):
+                self._serve_task.cancel()
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled (Ctrl-C)."""
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.stop()
+
+
+def _web_file(name: str) -> bytes:
+    return resources.files("voxtral_pipeline.web").joinpath(name).read_bytes()
