@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import numpy as np
 import pytest
@@ -30,9 +31,20 @@ from voxtral_pipeline.models.voxtral import (
     TokenStreamer,
     audio_content_part,
     build_conversation,
-    generate_streaming,
     load_voxtral,
 )
+from voxtral_pipeline.processors.voxtral.engine import EngineRequest, EngineResult, VoxtralEngine
+
+
+def _generate(bundle, conversation, **kwargs) -> EngineResult:
+    """One answer through the shared engine, on a fresh session (no KV cache carried over)."""
+    engine = VoxtralEngine.for_bundle(bundle)
+    session = f"model-test-{uuid.uuid4().hex}"
+    try:
+        request = EngineRequest(session_id=session, conversation=conversation, **kwargs)
+        return engine.submit(request).result(timeout=300)
+    finally:
+        engine.release_session(session)
 
 
 def _conversation(secs: float = 1.0, text: str | None = "Answer briefly.") -> list[dict]:
@@ -171,15 +183,13 @@ def test_dummy_tiny_is_deterministic_per_seed(tiny_bundle, tmp_path):
     assert all(torch.equal(ref[k], v) for k, v in same.model.state_dict().items())
     assert not all(torch.equal(ref[k], v) for k, v in other.model.state_dict().items())
     conv = _conversation()
-    a = generate_streaming(tiny_bundle, conv, max_new_tokens=12)
-    b = generate_streaming(same, conv, max_new_tokens=12)
+    a = _generate(tiny_bundle, conv, max_new_tokens=12)
+    b = _generate(same, conv, max_new_tokens=12)
     assert a.token_ids == b.token_ids and a.text
 
 
 def test_dummy_tiny_emits_only_visible_text(tiny_bundle):
-    result = generate_streaming(
-        tiny_bundle, _conversation(), max_new_tokens=40, temperature=1.0, top_p=1.0, seed=5
-    )
+    result = _generate(tiny_bundle, _conversation(), max_new_tokens=40, temperature=1.0, top_p=1.0, seed=5)
     allowed = {EOS_TOKEN_ID} | {byte_token_id(b) for b in vx.TINY_VISIBLE_CHARS.encode()}
     assert result.token_ids and set(result.token_ids) <= allowed
     assert set(result.text) <= set(vx.TINY_VISIBLE_CHARS)
@@ -289,9 +299,9 @@ def test_token_streamer_flushes_a_dangling_byte_at_the_end(tiny_bundle):
     assert deltas == [("a", 1), ("", 1), ("\ufffd", 0)]
 
 
-def test_generate_streaming_deltas_equal_decoded_ids(tiny_bundle):
+def test_engine_deltas_equal_decoded_ids(tiny_bundle):
     deltas: list[str] = []
-    result = generate_streaming(
+    result = _generate(
         tiny_bundle, _conversation(), on_delta=lambda d, n: deltas.append(d), max_new_tokens=30
     )
     assert len(deltas) == result.completion_tokens == len(result.token_ids) > 0
@@ -300,7 +310,7 @@ def test_generate_streaming_deltas_equal_decoded_ids(tiny_bundle):
     assert not result.cancelled and result.first_token_s is not None
 
 
-def test_generate_streaming_cancel_stops_within_one_step(tiny_bundle):
+def test_engine_cancel_stops_within_one_step(tiny_bundle):
     cancel = threading.Event()
     seen: list[str] = []
 
@@ -309,9 +319,7 @@ def test_generate_streaming_cancel_stops_within_one_step(tiny_bundle):
         if len(seen) == 3:
             cancel.set()
 
-    result = generate_streaming(
-        tiny_bundle, _conversation(), on_delta=on_delta, cancel=cancel, max_new_tokens=300
-    )
+    result = _generate(tiny_bundle, _conversation(), on_delta=on_delta, cancel=cancel, max_new_tokens=300)
     assert result.cancelled
     # generate() checks its stopping criteria before streaming a token: the one in flight is the last.
     assert result.completion_tokens == 4
@@ -321,6 +329,6 @@ def test_greedy_and_seeded_sampling(tiny_bundle):
     conv = _conversation()
     assert vx.sampling_kwargs(0.0, 0.9) == {"do_sample": False}
     assert vx.sampling_kwargs(0.7, 0.9) == {"do_sample": True, "temperature": 0.7, "top_p": 0.9}
-    a = generate_streaming(tiny_bundle, conv, max_new_tokens=20, temperature=1.0, top_p=0.95, seed=7)
-    b = generate_streaming(tiny_bundle, conv, max_new_tokens=20, temperature=1.0, top_p=0.95, seed=7)
+    a = _generate(tiny_bundle, conv, max_new_tokens=20, temperature=1.0, top_p=0.95, seed=7)
+    b = _generate(tiny_bundle, conv, max_new_tokens=20, temperature=1.0, top_p=0.95, seed=7)
     assert a.token_ids == b.token_ids

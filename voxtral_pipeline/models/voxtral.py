@@ -28,7 +28,6 @@ import os
 import shutil
 import tempfile
 import threading
-import time
 import wave
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from loguru import logger
-from transformers.generation import BaseStreamer, StoppingCriteria, StoppingCriteriaList
+from transformers.generation import BaseStreamer
 
 from voxtral_pipeline.audio import pcm16_to_float, resample, wav_bytes
 from voxtral_pipeline.models import (
@@ -558,120 +557,8 @@ class TokenStreamer(BaseStreamer):
                 self._on_delta(text, 0)
 
 
-class CancelOnEvent(StoppingCriteria):
-    """Stops ``generate()`` at the next decode step once ``event`` is set (from any thread).
-
-    Prefill (audio encoder + prompt forward) is one call and cannot be interrupted.
-    """
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(
-        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any
-    ) -> torch.BoolTensor:
-        return torch.full(
-            (input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device
-        )
-
-
 def sampling_kwargs(temperature: float, top_p: float) -> dict[str, Any]:
     """``generate()`` sampling arguments: temperature 0 means greedy decoding."""
     if temperature <= 0:
         return {"do_sample": False}
     return {"do_sample": True, "temperature": temperature, "top_p": top_p}
-
-
-@dataclass
-class GenerationResult:
-    """What one streamed ``generate()`` produced, with its timings (seconds, ``time.perf_counter``).
-
-    Parameters:
-        token_ids: Generated ids (EOS included when the model stopped by itself).
-        text: Their visible text.
-        prompt_tokens: Prompt length, audio tokens included.
-        audio_tokens: ``[AUDIO]`` tokens in the prompt (375 per started 30 s of audio).
-        cancelled: True when stopped by the cancel event.
-        prepare_s: ``apply_chat_template`` (tokenizing + mel features).
-        first_token_s: From calling ``generate()`` to the first token (encoder + prefill + 1 step).
-        generate_s: The whole ``generate()`` call.
-    """
-
-    token_ids: list[int]
-    text: str
-    prompt_tokens: int
-    audio_tokens: int
-    cancelled: bool
-    prepare_s: float
-    first_token_s: float | None
-    generate_s: float
-
-    @property
-    def completion_tokens(self) -> int:
-        return len(self.token_ids)
-
-    @property
-    def decode_tokens_per_s(self) -> float | None:
-        """Decode rate after the first token."""
-        if self.first_token_s is None or self.completion_tokens < 2:
-            return None
-        decode_s = self.generate_s - self.first_token_s
-        return (self.completion_tokens - 1) / decode_s if decode_s > 0 else None
-
-
-def generate_streaming(
-    bundle: VoxtralBundle,
-    conversation: list[dict[str, Any]],
-    *,
-    on_delta: Callable[[str, int], None] | None = None,
-    cancel: threading.Event | None = None,
-    max_new_tokens: int = 256,
-    temperature: float = 0.0,
-    top_p: float = 1.0,
-    seed: int | None = None,
-) -> GenerationResult:
-    """Run ONE ``generate()`` for a conversation, streaming text deltas as tokens come (blocking).
-
-    Meant for a worker thread: ``on_delta(text, n_tokens)`` is called from this thread for every
-    token, and setting ``cancel`` stops generation within one decode step.
-    """
-    cancel = cancel or threading.Event()
-    first_token_at: list[float] = []
-    t0 = time.perf_counter()
-
-    def _on_delta(text: str, n_tokens: int) -> None:
-        if not first_token_at and n_tokens:
-            first_token_at.append(time.perf_counter())
-        if on_delta is not None:
-            on_delta(text, n_tokens)
-
-    inputs = bundle.prepare_inputs(conversation)
-    prepare_s = time.perf_counter() - t0
-    prompt_ids = inputs["input_ids"]
-    streamer = TokenStreamer(bundle.tokenizer, _on_delta)
-    extra: dict[str, Any] = {}
-    if bundle.model.generation_config.pad_token_id is None:  # else generate() warns on every call
-        extra["pad_token_id"] = bundle.tokenizer.pad_token_id
-    with bundle.lock, torch.inference_mode():
-        if seed is not None:
-            torch.manual_seed(seed)
-        t1 = time.perf_counter()
-        bundle.model.generate(
-            **inputs,
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([CancelOnEvent(cancel)]),
-            max_new_tokens=max_new_tokens,
-            **sampling_kwargs(temperature, top_p),
-            **extra,
-        )
-        t2 = time.perf_counter()
-    return GenerationResult(
-        token_ids=list(streamer.token_ids),
-        text=bundle.decode(streamer.token_ids),
-        prompt_tokens=int(prompt_ids.shape[-1]),
-        audio_tokens=int((prompt_ids == AUDIO_TOKEN_ID).sum().item()),
-        cancelled=cancel.is_set(),
-        prepare_s=prepare_s,
-        first_token_s=first_token_at[0] - t1 if first_token_at else None,
-        generate_s=t2 - t1,
-    )
