@@ -16,7 +16,7 @@ import time
 import pytest
 from aiohttp import web
 
-from tests.transport_helpers import dummy_config, shared_models
+from tests.transport_helpers import dummy_config, importable, shared_models
 from voxtral_pipeline.transports.daily import (
     DailyError,
     check_room_url,
@@ -33,16 +33,8 @@ DEVICES = [
 ]
 
 
-def _importable(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except Exception:
-        return False
-
-
-needs_daily = pytest.mark.skipif(not _importable("daily"), reason="daily-python is not installed")
-needs_pyaudio = pytest.mark.skipif(not _importable("pyaudio"), reason="PyAudio is not installed")
+needs_daily = pytest.mark.skipif(not importable("daily"), reason="daily-python is not installed")
+needs_pyaudio = pytest.mark.skipif(not importable("pyaudio"), reason="PyAudio is not installed")
 
 
 def _cli(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.speech import write_wav
-from tests.transport_helpers import dummy_config, shared_models
+from tests.transport_helpers import dummy_config, importable, shared_models
 from voxtral_pipeline.config import TRANSPORT_KINDS, ConfigError, load_config
 from voxtral_pipeline.pipeline import build_transport
 from voxtral_pipeline.processors.kokoro import KokoroTTSService
@@ -34,14 +34,6 @@ EXPECTED_TRANSPORT = {
 }
 
 
-def _importable(module: str) -> bool:
-    try:
-        __import__(module)
-        return True
-    except Exception:
-        return False
-
-
 def _transport_for(kind: str, tmp_path):
     wav = write_wav(tmp_path / "in.wav", np.zeros(16000, np.float32))
     config = dummy_config(
@@ -51,9 +43,9 @@ def _transport_for(kind: str, tmp_path):
             "transport.daily.room_url": "https://example.daily.co/swap-test",
         },
     )
-    if kind == "daily" and not _importable("daily"):
+    if kind == "daily" and not importable("daily"):
         pytest.skip("daily-python is not installed (pip install 'voxtral-pipeline[daily]')")
-    if kind == "local" and not _importable("pyaudio"):
+    if kind == "local" and not importable("pyaudio"):
         pytest.skip("PyAudio is not installed (pip install 'voxtral-pipeline[local]')")
     from pipecat.transports.smallwebrtc.connection import SmallWebRTCConnection
 

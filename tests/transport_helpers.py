@@ -56,3 +56,12 @@ async def running_server(config: PipelineConfig) -> AsyncIterator:
         yield bot
     finally:
         await bot.stop()
+
+
+def importable(module: str) -> bool:
+    """Whether an optional package (daily, pyaudio) can be imported here."""
+    try:
+        __import__(module)
+        return True
+    except Exception:
+        return False

@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 from loguru import logger
 
 from voxtral_pipeline.config import PipelineConfig
+from voxtral_pipeline.transports import audio_params
 
 CANCEL_GRACE_SECS = 3.0
 
@@ -111,11 +112,7 @@ def daily_params(config: PipelineConfig, **overrides: Any):
     """``DailyParams`` for the bot: audio both ways, no camera, 20 ms output packets."""
     DailyParams, _ = _import_daily()
     params: dict[str, Any] = dict(
-        audio_in_enabled=True,
-        audio_in_sample_rate=config.audio.in_sample_rate,
-        audio_out_enabled=True,
-        audio_out_sample_rate=config.audio.out_sample_rate,
-        audio_out_10ms_chunks=2,
+        **audio_params(config),
         camera_out_enabled=False,
         api_url=config.transport.daily.api_url,
     )

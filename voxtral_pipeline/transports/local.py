@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from voxtral_pipeline.config import PipelineConfig
+from voxtral_pipeline.transports import audio_params
 
 
 class LocalAudioError(Exception):
@@ -124,11 +125,7 @@ def local_params(config: PipelineConfig, input_index: int | None, output_index: 
     from pipecat.transports.local.audio import LocalAudioTransportParams
 
     return LocalAudioTransportParams(
-        audio_in_enabled=True,
-        audio_in_sample_rate=config.audio.in_sample_rate,
-        audio_out_enabled=True,
-        audio_out_sample_rate=config.audio.out_sample_rate,
-        audio_out_10ms_chunks=2,
+        **audio_params(config),
         input_device_index=input_index,
         output_device_index=output_index,
     )

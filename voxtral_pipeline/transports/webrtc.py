@@ -14,6 +14,7 @@ from pipecat.transports.smallwebrtc.connection import IceServer, SmallWebRTCConn
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
 
 from voxtral_pipeline.config import PipelineConfig
+from voxtral_pipeline.transports import audio_params
 
 
 def ice_servers(config: PipelineConfig) -> list[IceServer]:
@@ -24,11 +25,7 @@ def ice_servers(config: PipelineConfig) -> list[IceServer]:
 def webrtc_params(config: PipelineConfig) -> TransportParams:
     """Transport parameters for one browser session: audio both ways, 20 ms output packets."""
     return TransportParams(
-        audio_in_enabled=True,
-        audio_in_sample_rate=config.audio.in_sample_rate,
-        audio_out_enabled=True,
-        audio_out_sample_rate=config.audio.out_sample_rate,
-        audio_out_10ms_chunks=2,
+        **audio_params(config),
     )
 
 

@@ -24,6 +24,7 @@ from pipecat.serializers.protobuf import ProtobufFrameSerializer
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
 
 from voxtral_pipeline.config import PipelineConfig
+from voxtral_pipeline.transports import audio_params
 
 MAX_INPUT_RATE = 48000
 MIN_INPUT_RATE = 8000
@@ -88,11 +89,7 @@ def websocket_params(config: PipelineConfig, **overrides: Any) -> FastAPIWebsock
     ws = config.transport.websocket
     server = config.transport.server
     params: dict[str, Any] = dict(
-        audio_in_enabled=True,
-        audio_in_sample_rate=config.audio.in_sample_rate,
-        audio_out_enabled=True,
-        audio_out_sample_rate=config.audio.out_sample_rate,
-        audio_out_10ms_chunks=ws.packet_ms // 10,
+        **audio_params(config, ws.packet_ms),
         add_wav_header=False,
         serializer=SafeProtobufSerializer(server.max_message_bytes),
         session_timeout=int(server.session_timeout_secs) if server.session_timeout_secs else None,
