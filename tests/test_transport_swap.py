@@ -70,8 +70,9 @@ def test_same_stages_for_every_transport(kind, tmp_path):
         voice = build_session(config, transport, shared)
         stages = voice.pipeline.processors
         names = [type(p).__name__ for p in stages]
-        assert stages[1] is transport.input() and stages[-2] is transport.output(), names
-        assert names[2:-2] == [
+        assert stages[1] is transport.input() and stages[-3] is transport.output(), names
+        assert names[-2] == "PlaybackTracker"  # after the output: what the listener heard
+        assert names[2:-3] == [
             "TurnStage",
             "VoxtralLLMService",
             "WordChunker",

@@ -5,6 +5,11 @@ microphone), then streams silence until the bot has answered the last turn. The 
 bot's audio in real time, as a speaker would, and records it on the input's timeline: the result is
 a two-channel WAV, left the user and right the bot, each sample placed where a listener would have
 heard it.
+
+For barge-in tests and benchmarks, :class:`PlaybackCue` holds the input at a point of the file
+(streaming silence) until the bot has been speaking for a while, so the speech that follows is
+sure to land while the bot talks, however fast the machine; the recording and the report follow
+the input as streamed, holds included.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from pipecat.frames.frames import (
     EndWorkerFrame,
     Frame,
     InputAudioRawFrame,
+    InterruptionFrame,
     OutputAudioRawFrame,
     StartFrame,
     UserStartedSpeakingFrame,
@@ -36,12 +42,26 @@ from pipecat.transports.base_transport import BaseTransport, TransportParams
 
 from voxtral_pipeline.audio import float_to_pcm16, pcm16_to_float, resample
 from voxtral_pipeline.config import FileTransportConfig
+from voxtral_pipeline.frames import UserTurnIgnoredFrame
 
 FRAME_SECS = 0.02
 
 
 class AudioInputError(Exception):
     """An input file that cannot be used; the message is meant for the user as is."""
+
+
+@dataclass(frozen=True)
+class PlaybackCue:
+    """Hold the input at ``at_secs`` of the file until the bot has been speaking ``bot_speaking_secs``.
+
+    While held, silence is streamed. The hold ends anyway after ``max_wait_secs`` (a bot that never
+    speaks), with a warning.
+    """
+
+    at_secs: float
+    bot_speaking_secs: float = 0.5
+    max_wait_secs: float = 60.0
 
 
 @dataclass
@@ -89,15 +109,24 @@ class FileInputTransport(BaseInputTransport):
     passed), and the bot has been quiet for ``idle_secs``.
     """
 
-    def __init__(self, transport: FileTransport, audio: InputAudio, config: FileTransportConfig, params):
+    def __init__(
+        self,
+        transport: FileTransport,
+        audio: InputAudio,
+        config: FileTransportConfig,
+        params,
+        cues: list[PlaybackCue] | None = None,
+    ):
         super().__init__(params)
         self._transport = transport
         self._audio = audio
         self._config = config
+        self._cues = sorted(cues or [], key=lambda c: c.at_secs)
         self._stream_task: asyncio.Task | None = None
         self._user_in_turn = False
         self._awaiting_reply_since: float | None = None
         self._bot_speaking = False
+        self._bot_started_at: float | None = None
         self._last_bot_activity = 0.0
 
     async def start(self, frame: StartFrame):
@@ -144,12 +173,16 @@ class FileInputTransport(BaseInputTransport):
         elif isinstance(frame, UserStoppedSpeakingFrame):
             self._user_in_turn = False
             self._awaiting_reply_since = now
+        elif isinstance(frame, UserTurnIgnoredFrame):
+            self._awaiting_reply_since = None  # nothing to answer (a cough): no reply is coming
         elif isinstance(frame, BotStartedSpeakingFrame):
             self._bot_speaking = True
+            self._bot_started_at = now
             self._awaiting_reply_since = None
             self._last_bot_activity = now
         elif isinstance(frame, BotStoppedSpeakingFrame):
             self._bot_speaking = False
+            self._bot_started_at = None
             self._last_bot_activity = now
 
     def _done(self, now: float) -> bool:
@@ -162,6 +195,18 @@ class FileInputTransport(BaseInputTransport):
             return True
         return now - self._last_bot_activity >= self._config.idle_secs
 
+    def _hold(self, cue: PlaybackCue, since: float, now: float) -> bool:
+        """Whether the input is still held at ``cue`` (held since ``since``)."""
+        if self._bot_started_at is not None and now - self._bot_started_at >= cue.bot_speaking_secs:
+            return False
+        if now - since >= cue.max_wait_secs:
+            logger.warning(
+                f"{self}: the bot did not speak within {cue.max_wait_secs:.0f}s of the cue at "
+                f"{cue.at_secs:.2f}s; playing on"
+            )
+            return False
+        return True
+
     async def _stream(self):
         rate = self._audio.sample_rate
         step = int(rate * FRAME_SECS)
@@ -170,9 +215,24 @@ class FileInputTransport(BaseInputTransport):
         silence = b"\x00" * bytes_per_frame
         start = time.monotonic()
         self._transport.mark_stream_start(time.time())
+        cues = list(self._cues)
+        held_since: float | None = None
         n = 0
         offset = 0
         while True:
+            if cues and offset >= int(cues[0].at_secs * rate) * 2 and offset < len(pcm):
+                now = time.time()
+                held_since = held_since or now
+                if self._hold(cues[0], held_since, now):
+                    await self._push_input(silence)
+                    n += 1
+                    self._transport.note_hold(offset / 2 / rate, FRAME_SECS)
+                    delay = start + n * FRAME_SECS - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    continue
+                cues.pop(0)
+                held_since = None
             if offset < len(pcm):
                 chunk = pcm[offset : offset + bytes_per_frame]
                 chunk += b"\x00" * (bytes_per_frame - len(chunk))
@@ -183,7 +243,7 @@ class FileInputTransport(BaseInputTransport):
                     time.time()
                 ):
                     break
-            await self.push_audio_frame(InputAudioRawFrame(audio=chunk, sample_rate=rate, num_channels=1))
+            await self._push_input(chunk)
             n += 1
             # Absolute schedule: no drift however long each push takes.
             delay = start + n * FRAME_SECS - time.monotonic()
@@ -191,6 +251,11 @@ class FileInputTransport(BaseInputTransport):
                 await asyncio.sleep(delay)
         logger.debug(f"{self}: input played ({self._audio.duration_secs:.2f}s) and bot idle, ending session")
         await self.push_frame(EndWorkerFrame(reason="input file played"), FrameDirection.UPSTREAM)
+
+    async def _push_input(self, chunk: bytes):
+        self._transport.record_user_audio(chunk)
+        rate = self._audio.sample_rate
+        await self.push_audio_frame(InputAudioRawFrame(audio=chunk, sample_rate=rate, num_channels=1))
 
 
 class FileOutputTransport(BaseOutputTransport):
@@ -204,6 +269,12 @@ class FileOutputTransport(BaseOutputTransport):
     async def start(self, frame: StartFrame):
         await super().start(frame)
         await self.set_transport_ready(frame)
+
+    async def process_frame(self, frame: Frame, direction: FrameDirection):
+        if isinstance(frame, InterruptionFrame):
+            # Pipecat's base class drops the queued audio; the frame being written plays to its end.
+            self._transport.mark_interruption(time.time())
+        await super().process_frame(frame, direction)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         samples = pcm16_to_float(frame.audio)
@@ -223,7 +294,12 @@ class FileTransport(BaseTransport):
     """WAV file in, stereo WAV (user left, bot right) out."""
 
     def __init__(
-        self, config: FileTransportConfig, *, in_sample_rate: int = 16000, out_sample_rate: int = 24000
+        self,
+        config: FileTransportConfig,
+        *,
+        in_sample_rate: int = 16000,
+        out_sample_rate: int = 24000,
+        cues: list[PlaybackCue] | None = None,
     ):
         super().__init__()
         if config.input is None:
@@ -233,6 +309,9 @@ class FileTransport(BaseTransport):
         self._out_rate = out_sample_rate
         self._stream_start: float | None = None
         self._bot_segments: list[tuple[float, np.ndarray]] = []
+        self._user_pcm = bytearray()  # the input as streamed (holds included)
+        self._holds: list[tuple[float, float]] = []  # (file secs, secs of silence inserted there)
+        self._interruptions: list[float] = []
         in_params = TransportParams(audio_in_enabled=True, audio_in_sample_rate=in_sample_rate)
         out_params = TransportParams(
             audio_out_enabled=True,
@@ -240,7 +319,7 @@ class FileTransport(BaseTransport):
             audio_out_10ms_chunks=2,
             audio_out_end_silence_secs=0,
         )
-        self._input = FileInputTransport(self, self._audio, config, in_params)
+        self._input = FileInputTransport(self, self._audio, config, in_params, cues)
         self._output = FileOutputTransport(self, out_params)
 
     @property
@@ -266,13 +345,39 @@ class FileTransport(BaseTransport):
             samples = resample(samples, sample_rate, self._out_rate)
         self._bot_segments.append((at, samples))
 
+    def record_user_audio(self, pcm: bytes) -> None:
+        self._user_pcm.extend(pcm)
+
+    def note_hold(self, at_file_secs: float, secs: float) -> None:
+        if self._holds and self._holds[-1][0] == at_file_secs:
+            self._holds[-1] = (at_file_secs, self._holds[-1][1] + secs)
+        else:
+            self._holds.append((at_file_secs, secs))
+
+    def mark_interruption(self, at: float) -> None:
+        self._interruptions.append(at)
+
+    @property
+    def interruptions(self) -> list[float]:
+        """Wall-clock times the output received an ``InterruptionFrame``."""
+        return list(self._interruptions)
+
+    def stream_secs(self, file_secs: float) -> float:
+        """Where a point of the input file was streamed, in seconds from the stream start (holds added)."""
+        return file_secs + sum(secs for at, secs in self._holds if at <= file_secs)
+
     def bot_audio_secs(self) -> float:
         return sum(len(s) for _, s in self._bot_segments) / self._out_rate
+
+    def bot_audio_spans(self) -> list[tuple[float, float]]:
+        """Every bot audio frame as (start, end) wall-clock seconds, when a listener heard it."""
+        return [(at, at + len(s) / self._out_rate) for at, s in self._bot_segments]
 
     def recording(self) -> np.ndarray:
         """The conversation as ``(n, 2)`` float32 at the output rate: left user, right bot."""
         rate = self._out_rate
-        user = resample(self._audio.samples, self._audio.sample_rate, rate)
+        streamed = pcm16_to_float(bytes(self._user_pcm)) if self._user_pcm else self._audio.samples
+        user = resample(streamed, self._audio.sample_rate, rate)
         origin = self._stream_start or 0.0
         placed = [(max(0, int(round((at - origin) * rate))), s) for at, s in self._bot_segments]
         length = max([len(user)] + [i + len(s) for i, s in placed])
