@@ -3,8 +3,12 @@
 It validates a ``/v1/chat/completions`` body the way vLLM does for Voxtral: the model name, the
 content part types, at most 5 audios per prompt, every ``input_audio`` a base64 WAV, and the
 messages accepted by mistral-common's chat validator (the same ``apply_chat_template`` call vLLM's
-``MistralRenderer`` makes). It keeps every request (with its decoded audio) for the test to check,
-and can be told to fail, hang or drop the next request.
+``MistralRenderer`` makes, tools included). With tools it behaves as ``vllm serve
+--enable-auto-tool-choice --tool-call-parser mistral``: ``tool_choice: "auto"`` is refused unless
+``auto_tool_choice`` is on, assistant ``tool_calls`` and ``tool`` messages are checked, and a call
+queued in ``tool_calls_next`` is streamed as ``tool_calls`` deltas (finish reason ``tool_calls``)
+the way vLLM's Mistral tool parser streams one. It keeps every request (with its decoded audio)
+for the test to check, and can be told to fail, hang or drop the next request.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import asyncio
 import base64
 import io
 import json
+import random
+import string
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,9 +41,14 @@ class VLLMProtocolServer:
     """``async with VLLMProtocolServer(tokenizer) as server:`` then use ``server.base_url``."""
 
     def __init__(
-        self, tokenizer: Any, model: str = "mistralai/Voxtral-Mini-3B-2507", api_key: str | None = None
+        self,
+        tokenizer: Any,
+        model: str = "mistralai/Voxtral-Mini-3B-2507",
+        api_key: str | None = None,
+        port: int = 0,
     ):
         self.tokenizer = tokenizer
+        self.port = port  # 0: any free port (a fixed one lets a test bring a "crashed" server back)
         self.model = model
         self.api_key = api_key
         self.requests: list[ReceivedRequest] = []
@@ -46,6 +57,11 @@ class VLLMProtocolServer:
         self.fail_next: int | None = None  # HTTP status for the next chat request
         self.hang_next = False  # send headers, then nothing
         self.drop_next = False  # close the connection after the first chunk
+        self.auto_tool_choice = (
+            True  # as if started with --enable-auto-tool-choice --tool-call-parser mistral
+        )
+        #: Calls to stream, one list per request that ends with a user message: (name, arguments).
+        self.tool_calls_next: list[list[tuple[str, dict[str, Any]]]] = []
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()
         self.base_url = ""
@@ -56,7 +72,7 @@ class VLLMProtocolServer:
         app.router.add_post("/v1/audio/transcriptions", self._transcribe)
         self._runner = web.AppRunner(app)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", self.port, reuse_address=True)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.base_url = f"http://127.0.0.1:{port}/v1"
@@ -86,14 +102,18 @@ class VLLMProtocolServer:
         for key, kind in (("temperature", (int, float)), ("top_p", (int, float)), ("max_tokens", int)):
             if key in body and not isinstance(body[key], kind):
                 return f"{key} has the wrong type"
+        if (problem := self._check_tools(body)) is not None:
+            return problem
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return "messages must be a non-empty list"
         for message in messages:
-            if message.get("role") not in ("user", "assistant"):
+            if message.get("role") not in ("user", "assistant", "tool"):
                 return f"unsupported role {message.get('role')!r}"
+            if (problem := _check_tool_fields(message)) is not None:
+                return problem
             content = message.get("content")
-            if isinstance(content, str):
+            if isinstance(content, str) or (content is None and message.get("tool_calls")):
                 continue
             for part in content:
                 kind = part.get("type")
@@ -117,11 +137,29 @@ class VLLMProtocolServer:
             return f"At most {MAX_AUDIOS} audio(s) may be provided in one prompt."
         try:  # what vLLM's MistralRenderer does with the messages
             enc = self.tokenizer.apply_chat_template(
-                [messages], tokenize=True, return_dict=True, return_tensors=None
+                [messages], tools=body.get("tools"), tokenize=True, return_dict=True, return_tensors=None
             )
         except Exception as e:
             return f"mistral-common rejected the conversation: {e}"
         received.prompt_tokens = len(enc["input_ids"][0])
+        return None
+
+    def _check_tools(self, body: dict[str, Any]) -> str | None:
+        tools, choice = body.get("tools"), body.get("tool_choice")
+        if tools is None:
+            return None
+        if not isinstance(tools, list) or not all(
+            isinstance(t, dict)
+            and t.get("type") == "function"
+            and isinstance(t.get("function"), dict)
+            and isinstance(t["function"].get("name"), str)
+            for t in tools
+        ):
+            return "tools must be a list of {type: function, function: {name, ...}}"
+        if choice == "auto" and not self.auto_tool_choice:
+            return '"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set'
+        if choice not in (None, "auto", "none", "required") and not isinstance(choice, dict):
+            return f"invalid tool_choice {choice!r}"
         return None
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
@@ -151,6 +189,11 @@ class VLLMProtocolServer:
             await resp.write(f"data: {json.dumps(payload)}\n\n".encode())
 
         await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
+        if body.get("tools") and body["messages"][-1]["role"] == "user" and self.tool_calls_next:
+            await self._stream_tool_calls(send, base, self.tool_calls_next.pop(0))
+            await resp.write(b"data: [DONE]\n\n")
+            await resp.write_eof()
+            return resp
         words = self.reply_words[: body.get("max_tokens", len(self.reply_words))]
         for i, word in enumerate(words):
             await send({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
@@ -171,6 +214,28 @@ class VLLMProtocolServer:
         await resp.write_eof()
         return resp
 
+    async def _stream_tool_calls(
+        self, send: Any, base: dict[str, Any], calls: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        """As vLLM's Mistral tool parser streams: the name (and an id) first, then the arguments in pieces."""
+        for index, (name, arguments) in enumerate(calls):
+            call_id = "".join(random.choices(string.ascii_letters + string.digits, k=9))
+            text = json.dumps(arguments)
+            pieces = [text[: len(text) // 2], text[len(text) // 2 :]]
+            first = {
+                "index": index,
+                "type": "function",
+                "id": call_id,
+                "function": {"name": name, "arguments": ""},
+            }
+            await send(
+                {**base, "choices": [{"index": 0, "delta": {"tool_calls": [first]}, "finish_reason": None}]}
+            )
+            for piece in pieces:
+                delta = {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
+                await send({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+        await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+
     async def _transcribe(self, request: web.Request) -> web.Response:
         if (denied := self._check_auth(request)) is not None:
             return denied
@@ -181,3 +246,22 @@ class VLLMProtocolServer:
         samples, _ = sf.read(io.BytesIO(upload.file.read()), dtype="float32")  # type: ignore[union-attr]
         self.transcriptions.append(samples)
         return web.json_response({"text": f"transcript {len(self.transcriptions)}"})
+
+
+def _check_tool_fields(message: dict[str, Any]) -> str | None:
+    """OpenAI's rules for assistant ``tool_calls`` and ``tool`` messages (as vLLM's protocol models)."""
+    if message["role"] == "tool":
+        if not isinstance(message.get("tool_call_id"), str) or not isinstance(message.get("content"), str):
+            return "a tool message needs a tool_call_id and a string content"
+        return None
+    for call in message.get("tool_calls") or []:
+        function = call.get("function") or {}
+        if call.get("type") != "function" or not isinstance(call.get("id"), str):
+            return "a tool call needs an id and type function"
+        if not isinstance(function.get("name"), str) or not isinstance(function.get("arguments"), str):
+            return "a tool call's function needs a name and arguments as a JSON string"
+        try:
+            json.loads(function["arguments"])
+        except json.JSONDecodeError:
+            return "a tool call's arguments must be JSON"
+    return None

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +20,6 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-from voxtral_pipeline.audio import float_to_pcm16
 from voxtral_pipeline.frames import UserUtteranceFrame
 from voxtral_pipeline.models.voxtral import VoxtralBundle, load_voxtral
 
@@ -49,15 +47,7 @@ def make_utterance(secs: float = 1.0, seed: int = 0, sample_rate: int = 16000) -
     """A noise 'utterance' whose speech ended now (wall clock, like the turn stage's marks)."""
     rng = np.random.default_rng(seed)
     samples = (0.1 * rng.standard_normal(int(secs * sample_rate))).astype(np.float32)
-    now = time.time()
-    return UserUtteranceFrame(
-        audio=float_to_pcm16(samples),
-        sample_rate=sample_rate,
-        speech_start_time=now - secs,
-        speech_end_time=now,
-        vad_stop_time=now,
-        turn_end_time=now,
-    )
+    return UserUtteranceFrame.ended_at(samples, sample_rate)
 
 
 class GenerateSpy:
@@ -221,3 +211,68 @@ async def wait_until(predicate: Callable[[], bool], what: str) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class ForcedGeneration:
+    """Constrains ``model.generate`` to given token sequences, so the real rendering, streaming,
+    parsing and context code runs on a random model's output (a function call, say).
+
+    ``plan(prompt_ids)`` returns the ids to force for that call (each generated token in turn,
+    then the model's own choice), or None to leave the call alone. Install after a
+    :class:`GenerateSpy` to have the spy record the forced calls too.
+    """
+
+    def __init__(
+        self, model: Any, monkeypatch: pytest.MonkeyPatch, plan: Callable[[list[int]], list[int] | None]
+    ):
+        self.plan = plan
+        self.forced: list[list[int]] = []
+        inner = model.generate
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            from transformers.generation import LogitsProcessorList
+
+            prompt = kwargs["input_ids"][0].tolist()
+            ids = self.plan(prompt)
+            if ids:
+                self.forced.append(ids)
+                kwargs["logits_processor"] = LogitsProcessorList([_ForceTokens(ids, len(prompt))])
+            return inner(*args, **kwargs)
+
+        monkeypatch.setattr(model, "generate", _wrapping(inner, generate))
+
+
+class _ForceTokens:
+    """A logits processor that makes the n-th generated token ``ids[n]`` (then lets the model be)."""
+
+    def __init__(self, ids: list[int], prompt_len: int):
+        self.ids = ids
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        step = input_ids.shape[1] - self.prompt_len
+        if 0 <= step < len(self.ids):
+            scores = scores.clone()
+            scores[:] = float("-inf")
+            scores[:, self.ids[step]] = 0.0
+        return scores
+
+
+def tiny_ids(text: str) -> list[int]:
+    """Token ids of ``text`` for the tiny tokenizer (one byte-level token per UTF-8 byte)."""
+    from voxtral_pipeline.models.tekken import byte_token_id
+
+    return [byte_token_id(b) for b in text.encode("utf-8")]
+
+
+def tiny_tool_call(*calls: tuple[str, dict[str, Any]], raw: str | None = None) -> list[int]:
+    """Ids of a function call as Voxtral writes it (pre-v11 tekken form), then EOS.
+
+    ``raw`` replaces the JSON after ``[TOOL_CALLS]`` (malformed calls).
+    """
+    import json
+
+    from voxtral_pipeline.models.tekken import EOS_TOKEN_ID, TOOL_CALLS_TOKEN_ID
+
+    text = raw if raw is not None else json.dumps([{"name": n, "arguments": a} for n, a in calls])
+    return [TOOL_CALLS_TOKEN_ID, *tiny_ids(text), EOS_TOKEN_ID]

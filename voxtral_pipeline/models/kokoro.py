@@ -161,7 +161,8 @@ def load_kokoro(
         voice: a voice name (``af_heart``; ``a,b`` averages several) or a path to a ``.pt`` voice
             pack. With a dummy model a name gives a random voice pack seeded from ``seed``.
         device: ``auto`` (cuda if visible, else cpu), ``cpu``, ``cuda`` or ``cuda:N``.
-        lang_code: ``a`` American English, ``b`` British English.
+        lang_code: ``a`` American English, ``b`` British English, ``e`` Spanish, ``f`` French,
+            ``h`` Hindi, ``i`` Italian, ``p`` Brazilian Portuguese (see :func:`load_g2p`).
         seed: seed of the dummy weights and voice (default 0); unused for real weights.
         voices_file: ONNX backend only: a kokoro-onnx voices ``.npz``/``.bin`` to look names up in.
 
@@ -250,24 +251,46 @@ def _load_onnx(
 #
 
 
+#: Kokoro G2P codes supported here: misaki's English G2P, espeak-ng's for the others.
+G2P_LANG_CODES = {
+    "a": "American English",
+    "b": "British English",
+    "e": "Spanish",
+    "f": "French",
+    "h": "Hindi",
+    "i": "Italian",
+    "p": "Brazilian Portuguese",
+}
+
+
 @cache
 def load_g2p(lang_code: str = "a") -> Any:
     """A quiet (G2P-only) ``KPipeline`` for ``lang_code``, shared by every bundle in the process.
 
+    English (a, b) uses misaki's G2P (spaCy + lexicon, espeak for unknown words); Spanish,
+    French, Hindi, Italian and Portuguese (e, f, h, i, p) use espeak-ng through misaki, from the
+    ``espeakng-loader`` wheel (no system espeak needed). Japanese and Mandarin (j, z) need extra
+    misaki packages and are not offered (Voxtral does not list them).
+
     Raises:
-        ModelUnavailableError: if spaCy's English model is not installed.
+        ModelUnavailableError: for an unsupported code, or if spaCy's English model is missing.
     """
-    if lang_code not in ("a", "b"):
+    if lang_code not in G2P_LANG_CODES:
+        choices = ", ".join(f"{k} ({v})" for k, v in G2P_LANG_CODES.items())
         raise ModelUnavailableError(
-            f"Kokoro lang_code {lang_code!r} is not supported here: use a (American) or b (British English)"
+            f"Kokoro lang_code {lang_code!r} is not supported here: use one of {choices}"
         )
-    _alias_spacy_model()
+    english = lang_code in ("a", "b")
+    if english:
+        _alias_spacy_model()
     from kokoro import KPipeline
 
     started = time.perf_counter()
     # The espeak fallback (bundled by espeakng-loader) speaks words misaki's lexicon lacks.
-    pipeline = KPipeline(lang_code=lang_code, repo_id=KOKORO_REPO_ID, model=False)
-    if getattr(pipeline.g2p, "fallback", None) is None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipeline = KPipeline(lang_code=lang_code, repo_id=KOKORO_REPO_ID, model=False)
+    if english and getattr(pipeline.g2p, "fallback", None) is None:
         logger.warning("Kokoro G2P has no espeak fallback: out-of-vocabulary words will be skipped")
     logger.debug(f"Kokoro G2P ({lang_code}) ready in {time.perf_counter() - started:.2f} s")
     return pipeline

@@ -37,6 +37,15 @@ PAD_TOKEN_ID = 11
 AUDIO_TOKEN_ID = 24  # hard-coded in transformers' VoxtralProcessor
 BEGIN_AUDIO_TOKEN_ID = 25
 TRANSCRIBE_TOKEN_ID = 34
+TOOL_CALLS_TOKEN_ID = 9
+ARGS_TOKEN_ID = 32
+CALL_ID_TOKEN_ID = 33
+#: The control tokens of a function call, which the token streamer hands out as their strings.
+TOOL_CALL_TOKEN_IDS: dict[int, str] = {
+    TOOL_CALLS_TOKEN_ID: "[TOOL_CALLS]",
+    ARGS_TOKEN_ID: "[ARGS]",
+    CALL_ID_TOKEN_ID: "[CALL_ID]",
+}
 
 #: Voxtral's named control tokens by id; every other id below 1000 is ``<SPECIAL_{id}>``.
 VOXTRAL_SPECIAL_TOKENS: dict[int, str] = {

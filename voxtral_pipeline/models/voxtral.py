@@ -55,6 +55,7 @@ from voxtral_pipeline.models.tekken import (
     NUM_SPECIAL_TOKENS,
     PAD_TOKEN_ID,
     TEKKEN_FILENAME,
+    TOOL_CALL_TOKEN_IDS,
     TekkenKind,
     byte_token_id,
     vocab_size,
@@ -156,14 +157,21 @@ class ConversationTurn:
     """One turn of a voice conversation.
 
     Parameters:
-        role: ``user`` (heard as audio) or ``assistant`` (what the bot answered, as text).
-        text: The assistant's text; for a user turn, optional text after the audio.
+        role: ``user`` (heard as audio), ``assistant`` (what the bot answered, as text, and the
+            function calls it made) or ``tool`` (a function's result).
+        text: The assistant's text or the tool's result; for a user turn, optional text after the audio.
         audio: A user turn's audio as a content part (see :func:`audio_content_part`), encoded once.
+        tool_calls: An assistant turn's function calls, in OpenAI chat format.
+        tool_call_id: A tool turn's call id.
+        name: A tool turn's function name.
     """
 
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "tool"]
     text: str = ""
     audio: dict[str, Any] | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
 
 
 def build_conversation(
@@ -172,15 +180,24 @@ def build_conversation(
     """Chat messages for ``apply_chat_template``.
 
     Instructions go as a text part of the first user turn: Voxtral takes no system prompt with audio
-    (mistral-common's v7 validator rejects it). Assistant turns with no text (an answer interrupted
-    before its first word) are left out, since the validator rejects empty assistant messages.
+    (mistral-common's v7 validator rejects it). Assistant turns with no text and no function call
+    (an answer interrupted before its first word) are left out, since the validator rejects empty
+    assistant messages. Function calls and results use the OpenAI chat format, which both
+    ``MistralCommonBackend.apply_chat_template`` and vLLM take.
     """
     messages: list[dict[str, Any]] = []
     first_user = True
     for turn in turns:
         if turn.role == "assistant":
-            if turn.text:
+            if turn.tool_calls:
+                messages.append({"role": "assistant", "content": turn.text, "tool_calls": turn.tool_calls})
+            elif turn.text:
                 messages.append({"role": "assistant", "content": turn.text})
+            continue
+        if turn.role == "tool":
+            messages.append(
+                {"role": "tool", "tool_call_id": turn.tool_call_id, "name": turn.name, "content": turn.text}
+            )
             continue
         content: list[dict[str, Any]] = []
         if turn.audio is not None:
@@ -518,6 +535,10 @@ class TokenStreamer(BaseStreamer):
     calls ``on_delta(text, n_tokens)`` once per generated token with the text that token completed.
     Only a token ending inside a multi-byte UTF-8 character is held back (its delta is empty) until
     the character is whole. The prompt, which ``generate()`` pushes first, is skipped.
+
+    Control tokens are dropped from the text, except those of a function call (``[TOOL_CALLS]``,
+    ``[ARGS]``, ``[CALL_ID]``), which are handed out whole as their string, so the stage can hold a
+    call back from the speech and parse it (the way vLLM's Mistral tool parser reads them).
     """
 
     MAX_HELD_TOKENS = 4  # a UTF-8 character is at most 4 bytes, so at most 4 byte-level tokens
@@ -527,6 +548,7 @@ class TokenStreamer(BaseStreamer):
         self._on_delta = on_delta
         self._prompt_seen = False
         self._held: list[int] = []
+        self._markers = tool_call_token_ids(tokenizer)
         self.token_ids: list[int] = []
 
     def _decode(self, ids: list[int]) -> str:
@@ -540,6 +562,11 @@ class TokenStreamer(BaseStreamer):
             raise ValueError("TokenStreamer only supports batch size 1")
         for token_id in value.reshape(-1).tolist():
             self.token_ids.append(token_id)
+            marker = self._markers.get(token_id)
+            if marker is not None:
+                self.end()  # whatever was held is complete: nothing continues it across a control token
+                self._on_delta(marker, 1)
+                continue
             self._held.append(token_id)
             text = self._decode(self._held)
             if text.endswith("\ufffd") and len(self._held) < self.MAX_HELD_TOKENS:
@@ -555,6 +582,25 @@ class TokenStreamer(BaseStreamer):
             self._held = []
             if text:
                 self._on_delta(text, 0)
+
+
+def tool_call_token_ids(tokenizer: Any) -> dict[int, str]:
+    """Ids of the function-call control tokens in this tokenizer (Voxtral's ids when it cannot say)."""
+    cached = getattr(tokenizer, "_voxtral_tool_call_ids", None)
+    if cached is not None:
+        return cached
+    ids: dict[int, str] = {}
+    for default_id, token in TOOL_CALL_TOKEN_IDS.items():
+        try:
+            found = tokenizer.convert_tokens_to_ids(token)
+        except Exception:
+            found = None
+        ids[found if isinstance(found, int) and found >= 0 else default_id] = token
+    try:
+        tokenizer._voxtral_tool_call_ids = ids
+    except Exception:
+        pass
+    return ids
 
 
 def sampling_kwargs(temperature: float, top_p: float) -> dict[str, Any]:

@@ -11,8 +11,15 @@
   whole sentences better) while its synthesis still finishes before the queue runs dry.
 
 Chunks are cut only at whitespace, so a number, a decimal, a currency amount, an email, a URL or a
-word is never split; abbreviations ("Dr.", "e.g.", "U.S.") do not end a sentence, and no chunk
-ends on a title or an initial ("Dr." | "Smith") or between the groups of a spaced number.
+word is never split; abbreviations ("Dr.", "e.g.", "U.S.", "Sra.", "Mme") do not end a sentence, and
+no chunk ends on a title or an initial ("Dr." | "Smith") or between the groups of a spaced number.
+
+The rules hold for the session languages (docs/languages.md): a no-break space (U+00A0, U+202F,
+U+2007, as French typography puts before ``! ? ; :`` and inside ``« »`` and ``12 000``) never
+breaks a word; a chunk never starts with punctuation that belongs to the word before it (French
+``Bonjour !`` with a plain space, ``»``, ``%``) nor ends on an opening mark (``«``, ``¿``, ``¡``);
+closing quotes after a sentence end (``fin. »``) still end the sentence; the Hindi danda (``।``,
+``॥``) ends a sentence; comma decimals (``3,5``) are single words like any number.
 
 The queued audio is estimated from the words already sent (``words_per_second``) and the time
 since the first chunk. How fast the TTS synthesizes comes from the TTS stage itself: Kokoro sends a
@@ -49,18 +56,31 @@ from pipecat.utils.text.base_text_aggregator import TextType
 from voxtral_pipeline.config import ChunkerConfig
 from voxtral_pipeline.frames import DisplayTextFrame, SynthesisSpeedFrame
 
-# A complete word: non-space characters followed by whitespace (the last word of the buffer is
-# incomplete until the next token shows where it ends).
-_COMPLETE_WORD = re.compile(r"\S+\s+")
-_SENTENCE_END = re.compile(r"[.!?…]+[\"'”’)\]]*$")
-_CLAUSE_END = re.compile(r"[,;:—–]+[\"'”’)\]]*$")
+# No-break spaces (French typography, digit groups): they join, never separate, words.
+_NO_BREAK = "\u00a0\u202f\u2007"
+# A complete word: characters up to breaking whitespace, followed by it (the last word of the
+# buffer is incomplete until the next token shows where it ends).
+_COMPLETE_WORD = re.compile(rf"(?:[^\s]|[{_NO_BREAK}])+[^\S{_NO_BREAK}]+")
+_CLOSERS = "\"'”’)\]»›"
+_SENTENCE_END = re.compile(rf"[.!?…।॥]+[{re.escape(_CLOSERS)}]*$")
+_CLAUSE_END = re.compile(rf"[,;:—–]+[{re.escape(_CLOSERS)}]*$")
+# A "word" that is only punctuation belonging to the word before it ("Bonjour !", "fin »", "5 %").
+_ATTACHED = re.compile(rf"[.,;:!?…।॥%‰{re.escape(_CLOSERS)}]+")
+# A "word" that is only an opening mark, belonging to the word after it ("« Bonjour", "¿ Qué").
+_OPENING = re.compile(r"[«‹“‘¿¡(\[]+")
 _ABBREVIATIONS = frozenset(
     "mr. mrs. ms. dr. prof. sr. jr. st. vs. e.g. i.e. etc. approx. no. inc. ltd. co. mt. ft. jan. feb. "
-    "mar. apr. jun. jul. aug. sep. sept. oct. nov. dec. a.m. p.m. u.s. u.k. fig. vol. dept.".split()
+    "mar. apr. jun. jul. aug. sep. sept. oct. nov. dec. a.m. p.m. u.s. u.k. fig. vol. dept. "
+    # Spanish, French, Italian, Portuguese
+    "sra. srta. sres. dña. ud. uds. dra. pág. núm. av. mme. mlle. mm. p.ex. sig. dott. ing. avv. pag. "
+    "n.º nº.".split()
 )
 # Words that must not end a chunk when another word follows: the next word completes them.
-_TITLES = frozenset("mr. mrs. ms. dr. prof. st. mt. ft. no. vs. fig. vol.".split())
-_INITIAL = re.compile(r"(?:[A-Za-z]\.)+")
+_TITLES = frozenset(
+    "mr. mrs. ms. dr. prof. st. mt. ft. no. vs. fig. vol. sr. sra. srta. sres. dña. dra. ud. mme. mlle. "
+    "sig. dott. ing. avv. mm. mme mlle".split()
+)
+_INITIAL = re.compile(r"(?:[^\W\d_]\.)+")
 _DIGIT_GROUP = re.compile(r"\d{1,3}")
 _THOUSANDS = re.compile(r"\d{3}(?:[.,]\d+)?[.,;:!?]?")
 # Speech left in the queue below which a stalled later chunk is flushed by the timeout.
@@ -75,8 +95,14 @@ def _is_abbreviation(word: str) -> bool:
 
 
 def boundary(text: str) -> str | None:
-    """``"sentence"``, ``"clause"`` or None for the punctuation a word or chunk ends with."""
-    word = text.rstrip().rsplit(None, 1)[-1] if text.strip() else ""
+    """``"sentence"``, ``"clause"`` or None for the punctuation a word or chunk ends with.
+
+    Closing quotes set apart by a space (``fin. »``) belong to what they close.
+    """
+    words = text.split()
+    while len(words) > 1 and all(ch in _CLOSERS for ch in words[-1]):
+        words.pop()
+    word = words[-1] if words else ""
     if not word:
         return None
     if _SENTENCE_END.search(word) and not _is_abbreviation(word):
@@ -93,6 +119,10 @@ def _joined(word: str, next_word: str | None, next_complete: bool = True) -> boo
     """
     if word.lower() in _TITLES or (_INITIAL.fullmatch(word) and len(word) <= 2):
         return True  # "Dr." | "Smith", "J." | "Smith": held even before the next word is known
+    if _OPENING.fullmatch(word):
+        return True  # "«" | "Bonjour", "¿" | "Qué"
+    if next_word is not None and _ATTACHED.fullmatch(next_word):
+        return True  # "Bonjour" | "!", "fin." | "»", "5" | "%"
     if not _DIGIT_GROUP.fullmatch(word.lstrip("$€£(")):
         return False
     # "12 000", "1 234 567": a number written with spaces between its digit groups; a short

@@ -3,7 +3,10 @@
 User turns are kept as 16 kHz float audio (encoded to a chat-template part once). The last
 ``audio_turns`` earlier user turns are rendered as audio; older ones as their transcript once
 one exists, else as a short placeholder with their duration. Assistant turns hold the text that
-was actually sent downstream (cut at an interruption). Instructions go in the first user turn.
+was sent downstream, replaced at an interruption by what the listener actually heard (see
+docs/turns.md), and the function calls the model made;
+tool turns hold each call's result, so later turns (and the KV cache) see what was called and
+what came back. Instructions go in the first user turn.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from voxtral_pipeline.models.voxtral import (
     audio_content_part,
     build_conversation,
 )
+from voxtral_pipeline.processors.voxtral.tools import ToolCall, ToolResult
 
 CHUNK_SECS = 30.0
 
@@ -31,21 +35,30 @@ class ContextTurn:
     """One turn of a session.
 
     Parameters:
-        role: ``user`` or ``assistant``.
+        role: ``user``, ``assistant`` or ``tool``.
         audio: A user turn's samples (float32, 16 kHz).
-        text: An assistant turn's text (what was sent downstream).
+        text: An assistant turn's text (as heard, after an interruption), or a tool turn's result.
         transcript: A user turn's transcript, once the idle engine has made one.
+        tool_calls: An assistant turn's function calls (OpenAI chat format).
+        tool_call_id: A tool turn's call id.
+        name: A tool turn's function name.
     """
 
-    role: Literal["user", "assistant"]
+    role: Literal["user", "assistant", "tool"]
     audio: np.ndarray | None = None
     text: str = ""
     transcript: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    name: str | None = None
     _part: dict[str, Any] | None = field(default=None, repr=False)
+    _secs: float | None = field(default=None, repr=False)  # kept when the audio is released
 
     @property
     def duration_secs(self) -> float:
-        return 0.0 if self.audio is None else len(self.audio) / SAMPLE_RATE
+        if self.audio is None:
+            return self._secs or 0.0
+        return len(self.audio) / SAMPLE_RATE
 
     @property
     def audio_part(self) -> dict[str, Any]:
@@ -63,18 +76,55 @@ def placeholder(turn: ContextTurn) -> str:
 class VoxtralContext:
     """The conversation of one session, rendered for the model under an audio budget."""
 
-    def __init__(self, instructions: str | None, audio_turns: int):
+    def __init__(self, instructions: str | None, audio_turns: int, max_user_turns: int | None = None):
         self.instructions = instructions
         self.audio_turns = audio_turns
+        self.max_user_turns = max_user_turns
         self.turns: list[ContextTurn] = []
+        self.dropped_user_turns = 0
 
     def add_user(self, audio: np.ndarray) -> ContextTurn:
         turn = ContextTurn("user", audio=audio)
         self.turns.append(turn)
+        self._trim()
         return turn
+
+    def _trim(self) -> None:
+        """Past ``max_user_turns``, drop the oldest exchanges down to three quarters of it.
+
+        An exchange (a user turn with its answers, calls and results) goes whole, so every call
+        keeps its result and the conversation still opens with a user turn. Dropping a block at
+        once, rather than one turn per turn, changes the prompt's prefix (and so costs a full
+        prefill) only once per quarter of the window. A withdrawn speculative turn leaves the same
+        window as a session without speculation: the trim keeps the newest turns either way.
+        """
+        if self.max_user_turns is None:
+            return
+        starts = [i for i, t in enumerate(self.turns) if t.role == "user"]
+        if len(starts) <= self.max_user_turns:
+            return
+        keep = max(1, self.max_user_turns * 3 // 4)
+        dropped = len(starts) - keep
+        self.turns = self.turns[starts[dropped] :]
+        self.dropped_user_turns += dropped
+        logger.info(
+            f"conversation reached voxtral.max_history_turns={self.max_user_turns}: dropped its oldest "
+            f"{dropped} exchange(s) ({self.dropped_user_turns} so far)"
+        )
 
     def add_assistant(self, text: str) -> ContextTurn:
         turn = ContextTurn("assistant", text=text)
+        self.turns.append(turn)
+        return turn
+
+    def add_tool_calls(self, text: str, calls: list[ToolCall]) -> ContextTurn:
+        """The model's calls, with what it said before them in the same answer."""
+        turn = ContextTurn("assistant", text=text, tool_calls=[c.openai() for c in calls])
+        self.turns.append(turn)
+        return turn
+
+    def add_tool_result(self, result: ToolResult) -> ContextTurn:
+        turn = ContextTurn("tool", text=result.content(), tool_call_id=result.call.id, name=result.call.name)
         self.turns.append(turn)
         return turn
 
@@ -105,7 +155,12 @@ class VoxtralContext:
         index = 0
         for turn in self.turns:
             if turn.role == "assistant":
-                out.append(ConversationTurn("assistant", text=turn.text))
+                out.append(ConversationTurn("assistant", text=turn.text, tool_calls=turn.tool_calls))
+                continue
+            if turn.role == "tool":
+                out.append(
+                    ConversationTurn("tool", text=turn.text, tool_call_id=turn.tool_call_id, name=turn.name)
+                )
                 continue
             if index >= limit:
                 out.append(ConversationTurn("user", audio=turn.audio_part))
@@ -117,6 +172,26 @@ class VoxtralContext:
     def render(self, upcoming: int = 0, max_audios: int | None = None) -> list[dict[str, Any]]:
         """Chat messages for the model (instructions in the first user turn)."""
         return build_conversation(self.render_turns(upcoming, max_audios), self.instructions)
+
+    def release_old_audio(self, transcribing: bool) -> int:
+        """Free the samples of user turns past the audio budget: they are never heard as audio again.
+
+        From then on they are text (the budget only moves forward): their transcript, or, when
+        ``transcribing`` is off, the placeholder (which keeps their duration, so the rendered
+        prompt and its KV cache do not change). A turn still waiting for its transcript keeps its
+        audio. This keeps a long session's memory flat. Returns how many turns were freed.
+
+        It stays one turn behind the budget: the newest user turn may be a speculative one that
+        is withdrawn, which moves the budget back by one.
+        """
+        freed = 0
+        for turn in self.user_turns[: self.audio_limit(upcoming=-1)]:
+            if turn.audio is not None and (turn.transcript is not None or not transcribing):
+                turn._secs = turn.duration_secs
+                turn.audio = None
+                turn._part = None
+                freed += 1
+        return freed
 
     def needs_transcript(self) -> list[ContextTurn]:
         """User turns with no transcript yet, oldest first (the ones to fall out of budget first)."""

@@ -22,22 +22,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import torch
 from loguru import logger
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
     Frame,
+    FunctionCallFromLLM,
+    FunctionCallInProgressFrame,
+    FunctionCallResultFrame,
+    FunctionCallsStartedFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    TTSSpeakFrame,
 )
 from pipecat.metrics.metrics import LLMTokenUsage
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
+from pipecat.services.llm_service import FunctionCallParams
 from pipecat.utils.errors import ErrorCategory
 
 from voxtral_pipeline.config import VoxtralConfig
-from voxtral_pipeline.frames import UserUtteranceFrame
+from voxtral_pipeline.frames import (
+    BotSpokenTextFrame,
+    SpeculationCancelFrame,
+    SpeculativeUtteranceFrame,
+    UserTurnIgnoredFrame,
+    UserUtteranceFrame,
+)
+from voxtral_pipeline.languages import instructions_for, language
 from voxtral_pipeline.models.voxtral import (
     SAMPLE_RATE,
     ConversationTurn,
@@ -53,11 +69,24 @@ from voxtral_pipeline.processors.voxtral.context import (
     utterance_samples,
 )
 from voxtral_pipeline.processors.voxtral.engine import EngineRequest, EngineResult, VoxtralEngine
+from voxtral_pipeline.processors.voxtral.speculation import Speculation, SpeculativeStarts
+from voxtral_pipeline.processors.voxtral.tools import (
+    FunctionHandler,
+    ToolCall,
+    ToolCallStream,
+    ToolRegistry,
+    ToolResult,
+    openai_tool_calls,
+    run_tool_call,
+)
 from voxtral_pipeline.processors.voxtral.vllm import VLLMClient
 
 WARMUP_SECS = 1.0
 WARMUP_NEW_TOKENS = 2
 _END = object()  # queue sentinel: the engine is done with this turn
+#: Spoken (not added to the conversation) when a turn's generation fails: the user hears why nothing
+#: (or only part of an answer) came, and knows to ask again.
+ERROR_REPLY = "Sorry, something went wrong on my side. Could you say that again?"
 
 
 @dataclass
@@ -71,6 +100,10 @@ class _Turn:
     stats: dict[str, Any] = field(default_factory=dict)
     closed: bool = False
     stopped: bool = False
+    # Characters of ``text`` already in the context (said before a function call).
+    context_chars: int = 0
+    # Set while the answer is speculative (held back until the turn is confirmed).
+    speculation: Speculation | None = None
 
     @property
     def text(self) -> str:
@@ -81,8 +114,11 @@ class VoxtralLLMService(FrameProcessor):
     """Speech-in, text-out LLM stage on Voxtral (shared in-process engine, or vLLM).
 
     Consumes ``UserUtteranceFrame``; forwards every other frame. Per-turn numbers are kept in
-    :attr:`turn_stats` and the conversation in :attr:`context`.
+    :attr:`turn_stats` and the conversation in :attr:`context`. A turn whose generation fails
+    sends a non-fatal ``ErrorFrame`` upstream and :attr:`error_reply` to be spoken (empty: none).
     """
+
+    error_reply: str = ERROR_REPLY
 
     def __init__(
         self,
@@ -93,6 +129,7 @@ class VoxtralLLMService(FrameProcessor):
         warmup: bool | None = None,
         session_id: str | None = None,
         min_new_tokens: int = 0,
+        tools: ToolsSchema | list[FunctionSchema] | None = None,
         **kwargs,
     ):
         """Initialize the stage.
@@ -106,6 +143,8 @@ class VoxtralLLMService(FrameProcessor):
             warmup: Override ``config.warmup`` (one short generation per engine at start-up).
             session_id: Id of this session (KV cache key, vLLM routing); a random one by default.
             min_new_tokens: Do not stop at EOS before this many tokens (benchmarks: fixed lengths).
+            tools: Functions offered to the model (pipecat schemas); register their handlers with
+                :meth:`register_function` (or give them in the schemas). See docs/tools.md.
             **kwargs: Passed to ``FrameProcessor``.
         """
         super().__init__(**kwargs)
@@ -115,10 +154,19 @@ class VoxtralLLMService(FrameProcessor):
         self._warmup = config.warmup if warmup is None else warmup
         self.session_id = session_id or uuid.uuid4().hex
         self._min_new_tokens = min_new_tokens
-        self._context = VoxtralContext(config.instructions, config.history_audio_turns)
+        self._context = VoxtralContext(
+            instructions_for(config.instructions, config.language),
+            config.history_audio_turns,
+            max_user_turns=config.max_history_turns,
+        )
+        self._tools = ToolRegistry(tools)
         self._turn_stats: list[dict[str, Any]] = []
         self._turn: _Turn | None = None
         self._generate_calls = 0
+        self._speculation = SpeculativeStarts()
+        # The last answer in the context whose playback is not known to be complete: at an
+        # interruption it is replaced by what was actually heard (BotSpokenTextFrame).
+        self._unplayed: tuple[ContextTurn, int] | None = None
         self._vllm: VLLMClient | None = None
         self._idle_task: asyncio.Task | None = None
         self._idle_cancel: threading.Event | None = None
@@ -139,15 +187,57 @@ class VoxtralLLMService(FrameProcessor):
     def context(self) -> VoxtralContext:
         return self._context
 
+    # ------------------------------------------------------------------------------------------
+    # Tools (the shape of pipecat's LLMService API)
+
+    @property
+    def tools(self) -> ToolRegistry:
+        """The functions offered to the model and their handlers."""
+        return self._tools
+
+    def set_tools(self, tools: ToolsSchema | list[FunctionSchema]) -> None:
+        """Offer these functions to the model from the next request on."""
+        self._tools.set_tools(tools)
+
+    def register_function(
+        self,
+        function_name: str | None,
+        handler: FunctionHandler,
+        *,
+        cancel_on_interruption: bool = True,
+        timeout_secs: float | None = None,
+    ) -> None:
+        """Register a handler as with pipecat's ``LLMService.register_function`` (None: catch-all).
+
+        The handler gets pipecat's ``FunctionCallParams``: ``arguments``, ``result_callback``,
+        ``llm`` (this stage: ``params.llm.push_frame(EndTaskFrame(), FrameDirection.UPSTREAM)``
+        ends the call), ``context`` (the :class:`VoxtralContext`). It runs at most
+        ``timeout_secs`` (default ``voxtral.tools.timeout_secs``).
+        """
+        self._tools.register_function(
+            function_name, handler, timeout_secs=timeout_secs, cancel_on_interruption=cancel_on_interruption
+        )
+
+    def unregister_function(self, function_name: str | None) -> None:
+        self._tools.unregister_function(function_name)
+
+    def has_function(self, function_name: str) -> bool:
+        return self._tools.has_function(function_name)
+
     @property
     def history(self) -> list[ContextTurn]:
-        """The conversation so far: user turns (audio, transcript), the bot's turns as the text it sent."""
+        """The conversation so far: user turns (audio, transcript), the bot's turns as heard (turns.md)."""
         return list(self._context.turns)
 
     @property
     def turn_stats(self) -> list[dict[str, Any]]:
         """One dict per user utterance: tokens, prefill, generate calls, timings (ms), flags."""
         return self._turn_stats
+
+    @property
+    def speculation_counts(self) -> dict[str, int]:
+        """Speculative answers confirmed (released) and discarded (unheard) so far."""
+        return {"confirmed": self._speculation.confirmed, "discarded": self._speculation.discarded}
 
     @property
     def generate_calls(self) -> int:
@@ -212,7 +302,7 @@ class VoxtralLLMService(FrameProcessor):
         return EngineRequest(
             session_id=f"warmup-{self.session_id}",
             kind="warmup",
-            conversation=build_conversation([turn], self._config.instructions),
+            conversation=build_conversation([turn], self._context.instructions),
             max_new_tokens=WARMUP_NEW_TOKENS,
         )
 
@@ -221,16 +311,26 @@ class VoxtralLLMService(FrameProcessor):
 
         if isinstance(frame, UserUtteranceFrame):
             await self._start_turn(frame)
+        elif isinstance(frame, SpeculativeUtteranceFrame):
+            await self._speculation.start(self, frame)
+        elif isinstance(frame, SpeculationCancelFrame):
+            await self._speculation.discard(self, "the user went on speaking")
+        elif isinstance(frame, BotSpokenTextFrame):
+            self._on_spoken(frame)
+            await self.push_frame(frame, direction)
         elif isinstance(frame, InterruptionFrame):
+            await self._speculation.discard(self, "interrupted")
             await self._stop_turn()
             await self.push_frame(frame, direction)
         elif isinstance(frame, EndFrame):
             # A graceful end lets the answer in progress finish (max_new_tokens bounds it).
+            await self._speculation.discard(self, "the session ended")
             await self._wait_turn()
             await self._cancel_idle_work()
             await self.push_frame(frame, direction)
         elif isinstance(frame, CancelFrame):
             await self._cancel_idle_work()
+            await self._speculation.discard(self, "the session was cancelled")
             await self._stop_turn()
             await self.push_frame(frame, direction)
         else:
@@ -263,12 +363,15 @@ class VoxtralLLMService(FrameProcessor):
             "text": "",
         }
 
-    async def _start_turn(self, frame: UserUtteranceFrame):
+    async def _start_turn(self, frame: UserUtteranceFrame, speculative: bool = False):
+        if not speculative and await self._speculation.settle(self, frame):
+            return  # the answer started at the VAD stop answers this turn: released
         await self._cancel_idle_work()
         if self._turn is not None:
             await self._stop_turn()
         stats = self._new_stats(frame)
-        self._turn_stats.append(stats)
+        if not speculative:  # a speculative turn's stats are kept only if it is confirmed
+            self._turn_stats.append(stats)
         c = self._config
         samples, reason = check_utterance(
             utterance_samples(frame),
@@ -279,16 +382,41 @@ class VoxtralLLMService(FrameProcessor):
         if samples is None:
             stats["dropped"] = reason
             logger.debug(f"{self}: turn {stats['turn']} dropped without inference: {reason}")
+            if not speculative:  # no answer is coming: whoever waits for one (a transport) stops
+                await self.broadcast_frame(UserTurnIgnoredFrame, reason=reason)
             return
         if self._engine is None and self._vllm is None:
             stats["error"] = "not ready"
             await self.push_error("Voxtral received a user turn before its model was loaded")
             return
-        self._context.add_user(samples)
+        user = self._context.add_user(samples)
+        self._context.release_old_audio(transcribing=c.transcribe_history)  # a long session stays flat
         turn = _Turn(index=stats["turn"], stats=stats)
-        self._turn = turn
-        await self.start_ttfb_metrics(start_time=frame.speech_end_time)
+        if speculative:
+            turn.speculation = Speculation(user, calls_before=self._generate_calls)
+            self._speculation.turn = turn
+        else:
+            self._turn = turn
+            await self.start_ttfb_metrics(start_time=frame.speech_end_time)
         turn.task = self.create_task(self._run_turn(turn), f"generate-turn-{turn.index}")
+
+    async def _push_answer(self, turn: _Turn, frame: Frame) -> None:
+        """Push a frame of the answer, or hold it while the answer is speculative."""
+        if turn.speculation is not None:
+            turn.speculation.hold(frame)
+        else:
+            await self.push_frame(frame)
+
+    def _on_spoken(self, frame: BotSpokenTextFrame) -> None:
+        """Keep in the context only what the listener heard of the last answer."""
+        unplayed, self._unplayed = self._unplayed, None
+        if unplayed is None or not frame.interrupted:
+            return
+        context_turn, said_before = unplayed
+        heard = frame.text[said_before:] if len(frame.text) > said_before else ""
+        if heard != context_turn.text:
+            logger.debug(f"{self}: answer cut off; the context keeps what was heard: {heard!r}")
+            context_turn.text = heard
 
     async def _emit(self, turn: _Turn, text: str) -> None:
         """Send one token's text downstream (never after the turn was stopped)."""
@@ -298,18 +426,14 @@ class VoxtralLLMService(FrameProcessor):
             await self.stop_ttfb_metrics()
             turn.stats["ttft_ms"] = (time.time() - turn.stats["speech_end_time"]) * 1000
         turn.text_parts.append(text)
-        await self.push_frame(LLMTextFrame(text))
+        await self._push_answer(turn, LLMTextFrame(text))
 
     async def _run_turn(self, turn: _Turn):
         """Stream one answer to the pipeline; pushes the response frames."""
-        await self.push_frame(LLMFullResponseStartFrame())
+        await self._push_answer(turn, LLMFullResponseStartFrame())
         await self.start_processing_metrics()
         try:
-            self._generate_calls += 1
-            if self._vllm is not None:
-                result = await self._answer_vllm(turn)
-            else:
-                result = await self._answer_local(turn)
+            result = await self._answer_with_tools(turn)
             self._record_result(turn, result)
             await self.start_llm_usage_metrics(
                 LLMTokenUsage(
@@ -322,22 +446,173 @@ class VoxtralLLMService(FrameProcessor):
             )
         except asyncio.CancelledError:
             turn.stats["interrupted"] = True
+            # Cancelled from outside (the session is ending): the shared engine must stop too, not
+            # decode the rest of an answer nobody hears while other sessions wait.
+            turn.stopped = True
+            if turn.request is not None:
+                turn.request.cancel.set()
             raise
         except Exception as e:
+            failed = True
             turn.stats["error"] = f"{type(e).__name__}: {e}"
             await self.cancel_ttfb_metrics()
+            what = "ran out of memory" if isinstance(e, torch.OutOfMemoryError) else "failed"
             await self.push_error(
-                f"Voxtral generation failed on turn {turn.index}: {type(e).__name__}: {e}",
+                f"Voxtral generation {what} on turn {turn.index}: {type(e).__name__}: {e}",
                 exception=e,
                 category=ErrorCategory.UNKNOWN,
             )
+        else:
+            failed = False
         finally:
             self._close_turn(turn)
         await self.stop_processing_metrics()
-        await self.push_frame(LLMFullResponseEndFrame())
+        await self._push_answer(turn, LLMFullResponseEndFrame())
+        if failed and self.error_reply and not turn.stopped and turn.speculation is None:
+            # Its own TTS turn, after the (partial) answer; kept out of the model's context.
+            await self.push_frame(TTSSpeakFrame(self.error_reply, append_to_context=False))
         self._start_idle_work()
 
-    async def _answer_local(self, turn: _Turn) -> EngineResult:
+    async def _answer_with_tools(self, turn: _Turn) -> EngineResult:
+        """Generate; while the model calls functions, run them, add call and result, and go on.
+
+        Only the answer text is sent downstream: a call is held back from the first
+        ``[TOOL_CALLS]`` on (see :class:`ToolCallStream`).
+        """
+        total: EngineResult | None = None
+        rounds = self._config.tools.max_rounds
+        for round_index in range(rounds + 1):
+            stream = ToolCallStream()
+            self._generate_calls += 1
+            if self._vllm is not None:
+                result = await self._answer_vllm(turn, stream)
+            else:
+                result = await self._answer_local(turn, stream)
+            total = result if total is None else _merged(total, result)
+            calls = stream.calls()
+            if not calls:
+                break
+            if turn.speculation is not None:
+                # Not confirmed yet: never run functions (or touch the context) for a turn the
+                # user may not have finished. (Speculation is skipped when tools are offered; this
+                # is a model calling on its own.)
+                logger.debug(f"{self}: speculative turn {turn.index} made a function call; not run")
+                break
+            if round_index == rounds:
+                logger.warning(f"{self}: turn {turn.index}: still calling functions after {rounds} rounds")
+                turn.stats["tool_rounds_exhausted"] = True
+                break
+            if not await self._run_tools(turn, calls):
+                break  # every handler asked for no further inference (run_llm=False)
+        assert total is not None
+        return total
+
+    def _function_params(self, call: ToolCall, result_callback: Any) -> FunctionCallParams:
+        try:
+            worker = self.pipeline_worker
+        except Exception:  # not running in a worker (a bare test)
+            worker = None
+        return FunctionCallParams(
+            function_name=call.name,
+            tool_call_id=call.id,
+            arguments=call.arguments,
+            llm=self,  # type: ignore[arg-type]  # a FrameProcessor: what handlers use (push_frame)
+            pipeline_worker=worker,  # type: ignore[arg-type]
+            context=self._context,  # type: ignore[arg-type]
+            result_callback=result_callback,
+            app_resources=getattr(worker, "app_resources", None),
+        )
+
+    async def _run_tools(self, turn: _Turn, calls: list[ToolCall]) -> bool:
+        """Run a round of calls in order; put calls and results into the context.
+
+        Returns whether to generate again (False only when every result said ``run_llm=False``).
+        An interruption cancels the running handler; the calls are kept in the context with a
+        "cancelled" result, so the model knows what was (not) done.
+        """
+        said = turn.text[turn.context_chars :]
+        turn.context_chars = len(turn.text)
+        self._context.add_tool_calls(said, calls)
+        records = turn.stats.setdefault("tool_calls", [])
+        await self.broadcast_frame(
+            FunctionCallsStartedFrame,
+            function_calls=[FunctionCallFromLLM(c.name, c.id, c.arguments, self._context) for c in calls],
+        )
+        results: list[ToolResult] = []
+        filler = self._start_filler(turn)
+        try:
+            for call in calls:
+                await self.broadcast_frame(
+                    FunctionCallInProgressFrame,
+                    function_name=call.name,
+                    tool_call_id=call.id,
+                    arguments=call.arguments,
+                    cancel_on_interruption=True,
+                )
+                t0 = time.perf_counter()
+                result = await run_tool_call(
+                    call,
+                    self._tools,
+                    self._function_params,
+                    timeout_secs=self._config.tools.timeout_secs,
+                    start_task=self.create_task,
+                    cancel_task=self.cancel_task,
+                )
+                results.append(result)
+                records.append(
+                    {
+                        "name": call.name,
+                        "arguments": call.arguments,
+                        "result": result.content(),
+                        "error": result.error,
+                        "ms": (time.perf_counter() - t0) * 1000,
+                    }
+                )
+                await self.broadcast_frame(
+                    FunctionCallResultFrame,
+                    function_name=call.name,
+                    tool_call_id=call.id,
+                    arguments=call.arguments,
+                    result=result.content() if result.error else result.result,
+                    properties=result.properties,
+                    error=result.error,
+                )
+        except asyncio.CancelledError:
+            for call in calls[len(results) :]:
+                results.append(ToolResult(call, error="cancelled: the user interrupted", cancelled=True))
+                records.append({"name": call.name, "arguments": call.arguments, "error": "cancelled"})
+            raise
+        finally:
+            if filler is not None and not filler.done():
+                await self.cancel_task(filler)
+            for result in results:
+                self._context.add_tool_result(result)
+        for result in results:
+            if result.properties is not None and result.properties.on_context_updated is not None:
+                await result.properties.on_context_updated()
+        return any(r.properties is None or r.properties.run_llm is not False for r in results)
+
+    def _start_filler(self, turn: _Turn) -> asyncio.Task | None:
+        t = self._config.tools
+        if not t.filler:
+            return None
+        delay = t.filler_after_ms / 1000
+        return self.create_task(self._filler_after(turn, delay), f"tool-filler-{turn.index}")
+
+    async def _filler_after(self, turn: _Turn, delay: float) -> None:
+        """Say a filler if the handlers are still running after ``delay``.
+
+        It is part of what the bot said, so it goes into the context with the answer after it.
+        """
+        await asyncio.sleep(delay)
+        if turn.stopped:
+            return
+        text = self._config.tools.filler_text or language(self._config.language).filler
+        space = "" if not turn.text or turn.text[-1].isspace() else " "
+        turn.stats["fillers"] = turn.stats.get("fillers", 0) + 1
+        await self._emit(turn, f"{space}{text} ")
+
+    async def _answer_local(self, turn: _Turn, stream: ToolCallStream) -> EngineResult:
         assert self._engine is not None
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -355,15 +630,16 @@ class VoxtralLLMService(FrameProcessor):
             top_p=c.top_p,
             seed=None if c.seed is None else c.seed + turn.index,
             min_new_tokens=self._min_new_tokens,
+            tools=self._tools.mistral_tools() or None,
         )
         future = asyncio.wrap_future(self._engine.submit(turn.request))
         future.add_done_callback(lambda _: queue.put_nowait(_END))
         while (item := await queue.get()) is not _END:
-            await self._emit(turn, item)
+            await self._emit(turn, stream.feed(item))
         # Deltas scheduled before the end marker are all in the queue ahead of it.
         return future.result()
 
-    async def _answer_vllm(self, turn: _Turn) -> EngineResult:
+    async def _answer_vllm(self, turn: _Turn, stream: ToolCallStream) -> EngineResult:
         assert self._vllm is not None
         c = self._config
         body = self._vllm.chat_body(
@@ -371,16 +647,19 @@ class VoxtralLLMService(FrameProcessor):
             max_tokens=c.max_new_tokens,
             temperature=c.temperature,
             top_p=c.top_p,
+            tools=self._tools.mistral_tools() or None,
         )
         result = EngineResult()
+        deltas: dict[int, dict[str, str]] = {}
         user_turns = self._context.user_turns
         result.audio_tokens = sum(
             375 * max(1, -(-len(t.audio) // (30 * SAMPLE_RATE)))
             for t in user_turns[max(0, len(user_turns) - c.vllm.max_audios) :]
             if t.audio is not None
         )
-        async for text in self._vllm.stream_chat(body, result):
-            await self._emit(turn, text)
+        async for text in self._vllm.stream_chat(body, result, deltas):
+            await self._emit(turn, stream.feed(text))
+        stream.add_calls(openai_tool_calls(deltas))
         return result
 
     def _record_result(self, turn: _Turn, result: EngineResult) -> None:
@@ -407,9 +686,13 @@ class VoxtralLLMService(FrameProcessor):
         """Put the bot's answer, as far as it was sent downstream, into the context (once)."""
         if turn.closed:
             return
+        if turn.speculation is not None:
+            turn.speculation.finished = True  # closed when confirmed (or discarded, unheard)
+            return
         turn.closed = True
         turn.stats["text"] = turn.text
-        self._context.add_assistant(turn.text)
+        said = self._context.add_assistant(turn.text[turn.context_chars :])
+        self._unplayed = (said, turn.context_chars)
         if self._turn is turn:
             self._turn = None
 
@@ -437,6 +720,8 @@ class VoxtralLLMService(FrameProcessor):
     # Idle-time work: transcripts of user turns, then a refresh of the KV cache
 
     def _start_idle_work(self) -> None:
+        if self._speculation.turn is not None:
+            return  # the engine is the speculative answer's (and the context may lose its user turn)
         transcripts = self._config.transcribe_history and bool(self._context.needs_transcript())
         if not (transcripts or self._refresh_due()):
             return
@@ -450,7 +735,9 @@ class VoxtralLLMService(FrameProcessor):
         return (
             self._engine is not None
             and self._config.kv_cache
-            and ctx.audio_limit(upcoming=1) > ctx.audio_limit()
+            # Tools are rendered before the *last* user turn (Mistral tokenizers before v13), so
+            # with tools the next prompt always differs from the cached one there.
+            and (ctx.audio_limit(upcoming=1) > ctx.audio_limit() or bool(self._tools))
         )
 
     async def _cancel_idle_work(self) -> None:
@@ -499,9 +786,13 @@ class VoxtralLLMService(FrameProcessor):
                 session_id=self.session_id,
                 kind="refresh",
                 conversation=self._context.render(upcoming=1),
+                tools=self._tools.mistral_tools() or None,
                 cancel=cancel,
             )
-            await asyncio.wrap_future(self._engine.submit(refresh))
+            try:
+                await asyncio.wrap_future(self._engine.submit(refresh))
+            except Exception as e:  # only a head start was lost: the next turn prefills instead
+                logger.warning(f"{self}: cache refresh failed: {type(e).__name__}: {e}")
 
 
 _SHARED: dict[tuple, VoxtralBundle] = {}
@@ -529,3 +820,17 @@ def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> No
         loop.call_soon_threadsafe(callback, *args)
     except RuntimeError:
         pass
+
+
+def _merged(total: EngineResult, more: EngineResult) -> EngineResult:
+    """One turn's numbers over several requests (a function call and the answer after it)."""
+    total.token_ids.extend(more.token_ids)
+    total.text += more.text
+    for name in ("prompt_tokens", "audio_tokens", "prefill_tokens", "generate_calls", "preemptions"):
+        setattr(total, name, getattr(total, name) + getattr(more, name))
+    total.generate_s += more.generate_s
+    total.prepare_s += more.prepare_s
+    total.cancelled = more.cancelled
+    if total.first_token_s is None:
+        total.first_token_s = more.first_token_s
+    return total

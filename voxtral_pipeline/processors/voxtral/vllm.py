@@ -1,10 +1,15 @@
 """Voxtral on a vLLM server: streaming ``/v1/chat/completions`` with ``input_audio`` parts.
 
 The request body is the one vLLM documents for Voxtral (OpenAI chat format, audio as base64 WAV in
-``input_audio`` parts). The session id goes in a header and in the body's ``user`` field, so a
-router can keep a session on one replica (and its prefix cache). vLLM takes at most 5 audios per
-prompt: older user turns go as text (transcript or placeholder). Transcripts come from the
-server's ``/v1/audio/transcriptions``.
+``input_audio`` parts). With tools, the body carries ``tools`` and ``tool_choice: "auto"``; the
+server (``--tool-call-parser mistral --enable-auto-tool-choice``) streams a call as ``tool_calls``
+deltas, which are gathered here, and the call and its result go back as an assistant message with
+``tool_calls`` and a ``tool`` message, as in OpenAI's API.
+
+The session id goes in a header and in the body's ``user`` field, so a router can keep a session
+on one replica (and its prefix cache). vLLM takes at most 5 audios per prompt: older user turns
+go as text (transcript or placeholder). Transcripts come from the server's
+``/v1/audio/transcriptions``.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ def openai_messages(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Chat-template messages with ``{"type": "audio", "base64": ...}`` parts as ``input_audio`` parts."""
     out: list[dict[str, Any]] = []
     for message in conversation:
-        content = message["content"]
+        content = message.get("content")
         if isinstance(content, list):
             parts = []
             for part in content:
@@ -42,7 +47,11 @@ def openai_messages(conversation: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 else:
                     parts.append(part)
             content = parts
-        out.append({"role": message["role"], "content": content})
+        converted = {"role": message["role"], "content": content}
+        for key in ("tool_calls", "tool_call_id", "name"):
+            if message.get(key) is not None:
+                converted[key] = message[key]
+        out.append(converted)
     return out
 
 
@@ -75,9 +84,15 @@ class VLLMClient:
             self._http = None
 
     def chat_body(
-        self, conversation: list[dict[str, Any]], *, max_tokens: int, temperature: float, top_p: float
+        self,
+        conversation: list[dict[str, Any]],
+        *,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+        tools: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        return {
+        body = {
             "model": self.config.model,
             "messages": openai_messages(conversation),
             "stream": True,
@@ -87,9 +102,18 @@ class VLLMClient:
             "max_tokens": max_tokens,
             "user": self.session_id,
         }
+        if tools:
+            body["tools"] = tools
+            body["tool_choice"] = "auto"
+        return body
 
-    async def stream_chat(self, body: dict[str, Any], result: EngineResult) -> AsyncIterator[str]:
+    async def stream_chat(
+        self, body: dict[str, Any], result: EngineResult, tool_calls: dict[int, dict[str, str]] | None = None
+    ) -> AsyncIterator[str]:
         """Yield text deltas of a streamed answer; fills ``result`` (usage, timings) as it goes.
+
+        Streamed ``tool_calls`` deltas are gathered into ``tool_calls`` (by index: ``id``,
+        ``name``, ``arguments`` as the JSON text so far), never yielded as text.
 
         Raises:
             VLLMError: connection failure, timeout, HTTP error or a broken stream.
@@ -131,7 +155,11 @@ class VLLMClient:
                         result.cached_tokens = cached
                         result.prefill_tokens = result.prompt_tokens - cached
                     for choice in chunk.get("choices") or []:
-                        text = (choice.get("delta") or {}).get("content") or ""
+                        delta = choice.get("delta") or {}
+                        for call in delta.get("tool_calls") or []:
+                            first = False
+                            _gather_tool_call(tool_calls, call)
+                        text = delta.get("content") or ""
                         if text:
                             first = False
                             if result.first_token_s is None:
@@ -170,3 +198,17 @@ class VLLMClient:
                 return str((await resp.json()).get("text", "")).strip()
         except (TimeoutError, asyncio.TimeoutError, aiohttp.ClientError) as e:
             raise VLLMError(f"vLLM transcription failed: {type(e).__name__}") from e
+
+
+def _gather_tool_call(calls: dict[int, dict[str, str]] | None, delta: dict[str, Any]) -> None:
+    """Fold one streamed ``tool_calls`` delta into the calls by index (OpenAI streaming format)."""
+    if calls is None:
+        return
+    entry = calls.setdefault(int(delta.get("index") or 0), {"id": "", "name": "", "arguments": ""})
+    if delta.get("id"):
+        entry["id"] = str(delta["id"])
+    function = delta.get("function") or {}
+    if function.get("name"):
+        entry["name"] += str(function["name"])
+    if function.get("arguments"):
+        entry["arguments"] += str(function["arguments"])
