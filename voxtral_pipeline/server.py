@@ -11,6 +11,7 @@ Endpoints (``transport.kind = "webrtc"``):
 Endpoints (``transport.kind = "websocket"``):
     ``WS /ws`` (``transport.websocket.path``), protocol in
     :mod:`voxtral_pipeline.transports.websocket`; ``GET /status``.
+Both, with ``metrics.prometheus``: ``GET /metrics``, every session's latency histograms (ms).
 
 Safe defaults: bound to 127.0.0.1 (a warning is logged for any other address); with
 ``transport.server.token`` set, the offer and the WebSocket need ``Authorization: Bearer TOKEN``
@@ -40,6 +41,9 @@ from voxtral_pipeline.transports.events import ClientEventsObserver
 
 WS_CLOSE_BAD_TOKEN = 4401
 WS_CLOSE_BUSY = 1013  # "try again later"
+#: Ended sessions kept (for /status, debugging and tests). Each holds its pipeline, ~25 MB with
+#: the turn stage's ONNX models, so a long-running server keeps only a few.
+FINISHED_KEPT = 4
 WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 
 
@@ -132,7 +136,7 @@ class BotServer:
         self.sessions: dict[str, Session] = {}
         # The last few ended sessions (for /status and tests); bounded, so a long-running server
         # does not keep every ended pipeline alive.
-        self.finished: deque[Session] = deque(maxlen=16)
+        self.finished: deque[Session] = deque(maxlen=FINISHED_KEPT)
         self._reserved = 0
         self._server = None
         self._serve_task: asyncio.Task | None = None
@@ -192,6 +196,8 @@ class BotServer:
                 "token_required": bool(self.config.transport.server.token),
             }
 
+        if self.config.metrics.prometheus:
+            self._add_metrics_route(app)
         if kind == "webrtc":
             self._add_webrtc_routes(app)
         elif kind == "websocket":
@@ -199,6 +205,18 @@ class BotServer:
         else:
             raise ValueError(f"the bot server serves webrtc or websocket, not {kind!r}")
         return app
+
+    def _add_metrics_route(self, app: FastAPI) -> None:
+        """``GET /metrics``: every session's per-turn latency histograms, for Prometheus to scrape."""
+        from voxtral_pipeline.telemetry.prometheus import CONTENT_TYPE, TurnHistograms
+
+        histograms = TurnHistograms.shared(self.config.metrics.histogram_buckets_ms)
+
+        @app.get("/metrics")
+        async def metrics(request: Request):
+            if not self._authorized(request.headers, request.query_params):
+                return JSONResponse({"error": "invalid or missing token"}, status_code=401)
+            return Response(histograms.render(), media_type=CONTENT_TYPE)
 
     def _add_webrtc_routes(self, app: FastAPI) -> None:
         from pipecat.transports.smallwebrtc.request_handler import (

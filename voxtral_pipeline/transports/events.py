@@ -12,6 +12,10 @@ these. Every message is a JSON object with a ``type``:
   ``{"type": "bot-response-end"}``
 - ``{"type": "bot-started-speaking"}`` / ``{"type": "bot-stopped-speaking"}``
 - ``{"type": "interruption"}``
+- ``{"type": "bot-speak", "text": "Sorry, ..."}``: text spoken outside an answer (the apology after
+  a turn whose generation failed)
+- ``{"type": "error", "fatal": false}``: a stage reported an error (details stay in the server's
+  log, not sent to a client); a non-fatal one leaves the session running
 - ``{"type": "turn-metrics", "turn": 0, "interrupted": false, "end_of_turn_ms": ..., "ttft_ms": ...,
   "first_chunk_ms": ..., "first_audio_ms": ..., "voice_to_voice_ms": ...}`` (milliseconds from the
   real end of the user's speech; ``null`` where a mark is missing). Sent with ``"final": false``
@@ -27,12 +31,14 @@ from loguru import logger
 from pipecat.frames.frames import (
     BotStartedSpeakingFrame,
     BotStoppedSpeakingFrame,
+    ErrorFrame,
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
     MetricsFrame,
     OutputTransportMessageUrgentFrame,
+    TTSSpeakFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
 )
@@ -61,6 +67,10 @@ def event_for(frame: Any, turn: int) -> list[dict[str, Any]]:
         return [{"type": kind}]
     if isinstance(frame, LLMTextFrame):
         return [{"type": "bot-text", "text": frame.text}]
+    if isinstance(frame, TTSSpeakFrame):
+        return [{"type": "bot-speak", "text": frame.text}]
+    if isinstance(frame, ErrorFrame):
+        return [{"type": "error", "fatal": bool(frame.fatal)}]
     if isinstance(frame, UserUtteranceFrame):
         return [{"type": "user-turn", "turn": turn, "duration_s": round(frame.duration_secs, 3)}]
     if isinstance(frame, MetricsFrame):

@@ -3,22 +3,28 @@
 One WebSocket connection is one session. The wire format is pipecat's ``frames.proto``
 (``pipecat/frames/frames.proto``), one protobuf ``Frame`` per binary message:
 
-- client -> bot: ``audio`` frames (16-bit little-endian mono PCM; any rate, 16 kHz preferred;
-  20 ms per message is a good size), and optionally ``message`` frames (a JSON string).
+- client -> bot: ``audio`` frames (16-bit little-endian PCM, mono or stereo, 8 to 48 kHz, resampled
+  to the pipeline's 16 kHz on arrival; 16 kHz mono saves the work; 20 ms per message is a good
+  size), and optionally ``message`` frames (a JSON string).
 - bot -> client: ``audio`` frames of ``packet_ms`` (20 ms by default) at the pipeline's output
   rate (24 kHz), ``text`` frames, and ``message`` frames carrying the JSON client events of
   :mod:`voxtral_pipeline.transports.events` (bot text word by word, each turn's latency waterfall).
 
-A message the bot cannot use (not protobuf, a text message, bad audio, larger than
-``max_message_bytes``) is logged and dropped; the session goes on. See docs/transports.md and
-examples/websocket_client.py.
+A message the bot cannot use (not protobuf, a text message, bad audio, a rate out of range, larger
+than ``max_message_bytes``) is logged and dropped; the session goes on. See docs/transports.md,
+docs/reliability.md and examples/websocket_client.py.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
+import numpy as np
+import pipecat.frames.protobufs.frames_pb2 as frame_protos
 from loguru import logger
+from pipecat.audio.utils import create_stream_resampler
 from pipecat.frames.frames import Frame, InputAudioRawFrame, InputTransportMessageFrame
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 from pipecat.transports.websocket.fastapi import FastAPIWebsocketParams, FastAPIWebsocketTransport
@@ -35,12 +41,17 @@ class SafeProtobufSerializer(ProtobufFrameSerializer):
 
     pipecat's own receive loop ends the session on the first exception from ``deserialize``;
     here a malformed, oversized or nonsensical message is dropped and counted, and the session
-    goes on.
+    goes on. Audio at another rate than ``sample_rate`` is resampled (pipecat's input transport
+    passes audio on at whatever rate it is labelled, and the VAD would hear it too fast or slow).
     """
 
-    def __init__(self, max_message_bytes: int = 262144):
+    def __init__(self, max_message_bytes: int = 262144, sample_rate: int = 16000):
         super().__init__()
         self._max = max_message_bytes
+        self._rate = sample_rate
+        # Stateful (no clicks at packet edges), so one per input rate: a new one when it changes.
+        self._resampler = create_stream_resampler()
+        self._resampler_rate: int | None = None
         self.dropped = 0
 
     def _drop(self, why: str) -> None:
@@ -57,6 +68,15 @@ class SafeProtobufSerializer(ProtobufFrameSerializer):
             self._drop(f"{len(data)} bytes, over the {self._max}-byte limit")
             return None
         try:
+            # Checked here first: pipecat logs every frame it cannot use at error level, and a
+            # client sending thousands would flood the server's log.
+            proto = frame_protos.Frame.FromString(data)
+            kind = proto.WhichOneof("frame")
+            if kind not in self.DESERIALIZABLE_FIELDS:
+                self._drop("not a frame the bot takes")
+                return None
+            if kind == "message":
+                json.loads(proto.message.data)
             frame = await super().deserialize(data)
         except Exception as e:
             self._drop(f"not a protobuf Frame: {e.__class__.__name__}")
@@ -72,12 +92,23 @@ class SafeProtobufSerializer(ProtobufFrameSerializer):
             if channels not in (1, 2) or not frame.audio or len(frame.audio) % (2 * channels):
                 self._drop("audio is not whole 16-bit samples")
                 return None
+            if channels == 1 and frame.sample_rate == self._rate:
+                return frame
+            pcm = frame.audio
             if channels == 2:  # the pipeline hears mono
-                import numpy as np
-
-                pcm = np.frombuffer(frame.audio, dtype="<i2").reshape(-1, 2).mean(axis=1)
-                return InputAudioRawFrame(pcm.astype("<i2").tobytes(), frame.sample_rate, 1)
-            return frame
+                pcm = np.frombuffer(pcm, dtype="<i2").reshape(-1, 2).mean(axis=1).astype("<i2").tobytes()
+            if frame.sample_rate != self._rate:
+                if frame.sample_rate != self._resampler_rate:
+                    self._resampler = create_stream_resampler()
+                    self._resampler_rate = frame.sample_rate
+                try:
+                    pcm = await self._resampler.resample(pcm, frame.sample_rate, self._rate)
+                except Exception as e:  # never let one message end the session
+                    self._drop(f"audio could not be resampled: {e.__class__.__name__}")
+                    return None
+                if not pcm:  # the resampler holds a few samples back at first
+                    return None
+            return InputAudioRawFrame(pcm, self._rate, 1)
         if isinstance(frame, InputTransportMessageFrame):
             return frame
         self._drop(f"{type(frame).__name__} is not accepted from clients")
@@ -91,8 +122,8 @@ def websocket_params(config: PipelineConfig, **overrides: Any) -> FastAPIWebsock
     params: dict[str, Any] = dict(
         **audio_params(config, ws.packet_ms),
         add_wav_header=False,
-        serializer=SafeProtobufSerializer(server.max_message_bytes),
-        session_timeout=int(server.session_timeout_secs) if server.session_timeout_secs else None,
+        serializer=SafeProtobufSerializer(server.max_message_bytes, config.audio.in_sample_rate),
+        session_timeout=math.ceil(server.session_timeout_secs) if server.session_timeout_secs else None,
         allowed_origins=[],
     )
     params.update(overrides)

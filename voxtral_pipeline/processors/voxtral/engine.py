@@ -19,6 +19,12 @@ the cache is cropped to the common prefix (never inside an audio block), and onl
 suffix is prefilled, with mel features computed only for the audio in that suffix. Caches are
 bounded per session (cropped to ``kv_cache_max_tokens``) and across sessions (least recently used
 evicted past ``kv_cache_sessions``).
+
+Failures stay with the request that hit them: a request that raises (the model failing mid-answer)
+fails its own future only, and its session's cache (which ``generate()`` may have half written) is
+dropped; an out-of-memory error drops every session's cache (they are only caches: the next turn
+prefills again) and empties the CUDA allocator's cache, so the next request has room. A session
+released while its request is still running keeps no cache behind.
 """
 
 from __future__ import annotations
@@ -112,6 +118,7 @@ class EngineRequest:
         max_new_tokens, temperature, top_p, seed: Generation settings.
         min_new_tokens: Do not stop at EOS before this many tokens (benchmarks).
         language: Transcription language (None: let the model decide).
+        tools: Functions offered to the model (OpenAI/Mistral format), rendered by the tokenizer.
     """
 
     session_id: str
@@ -126,6 +133,7 @@ class EngineRequest:
     seed: int | None = None
     min_new_tokens: int = 0
     language: str | None = "en"
+    tools: list[dict[str, Any]] | None = None
 
 
 @dataclass
@@ -240,6 +248,9 @@ class VoxtralEngine:
         self._running: _Job | None = None
         self._cond = threading.Condition()
         self._seq = itertools.count()
+        # Sessions released while one of their requests was queued or running: whatever that
+        # request leaves must not be cached again (it would outlive its session).
+        self._released: set[str] = set()
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="voxtral-engine", daemon=True)
         self._thread.start()
@@ -265,14 +276,30 @@ class VoxtralEngine:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the Voxtral engine is closed")
+            self._released.discard(request.session_id)
             self._queue.append(job)
             self._cond.notify_all()
         return future
 
     def release_session(self, session_id: str) -> None:
-        """Forget a session's KV cache (its stage is gone)."""
+        """Forget a session's KV cache (its stage is gone), now and after its last request ends."""
         with self._cond:
             self._caches.pop(session_id, None)
+            jobs = [*self._queue, *([self._running] if self._running else [])]
+            if any(j.request.session_id == session_id for j in jobs):
+                self._released.add(session_id)
+
+    @property
+    def cached_sessions(self) -> list[str]:
+        """Sessions whose KV caches are kept (at most ``kv_cache_sessions``)."""
+        with self._cond:
+            return list(self._caches)
+
+    def cache_bytes(self) -> int:
+        """Memory held by every session's KV cache (tensor storage), for accounting and soak tests."""
+        with self._cond:
+            caches = [entry.cache for entry in self._caches.values()]
+        return sum(_storage_bytes(cache) for cache in caches)
 
     def cached_tokens(self, session_id: str) -> int:
         """Tokens currently held in a session's KV cache."""
@@ -290,7 +317,9 @@ class VoxtralEngine:
             self._closed = True
             for job in self._queue:
                 job.request.cancel.set()
-                job.future.cancel()
+                if not job.future.cancel() and not job.future.done():  # a yielded answer, running
+                    job.result.cancelled = True
+                    job.future.set_result(job.result)
             self._queue.clear()
             if self._running is not None:
                 self._running.request.cancel.set()
@@ -331,10 +360,17 @@ class VoxtralEngine:
                 requeue = False
                 self._log(job, "error")
                 logger.opt(exception=e).debug(f"Voxtral engine: {job.request.kind} failed")
+                self._after_error(job, e)
                 if not job.future.done():
                     job.future.set_exception(e)
             with self._cond:
                 self._running = None
+                if (
+                    self._released
+                    and not any(j.request.session_id == job.request.session_id for j in self._queue)
+                    and not requeue
+                ):
+                    self._released.discard(job.request.session_id)
                 if requeue:
                     if job.klass == _BACKGROUND:  # preempted background work starts over
                         job.started = False
@@ -348,6 +384,13 @@ class VoxtralEngine:
     def _run(self, job: _Job) -> bool:
         """Run one slice of a job; True when it yielded and must be queued again."""
         req = job.request
+        # Claim the future: once running, its submitter can no longer cancel it (a cancelled
+        # asyncio task awaiting it only stops waiting), so a result can always be set. One
+        # cancelled while still queued is skipped.
+        if not job.future.running() and not job.future.set_running_or_notify_cancel():
+            job.result.cancelled = True
+            self._log(job, "cancelled")
+            return False
         if req.cancel.is_set():
             job.result.cancelled = True
             self._log(job, "cancelled")
@@ -357,7 +400,8 @@ class VoxtralEngine:
         if req.kind == "refresh":
             self._refresh(job)
             self._log(job, "done")
-            job.future.set_result(job.result)
+            if not job.future.done():
+                job.future.set_result(job.result)
             return False
         yielded = self._generate_slice(job)
         if yielded:
@@ -368,6 +412,20 @@ class VoxtralEngine:
         self._log(job, "cancelled" if job.result.cancelled else "done")
         self._finish(job)
         return False
+
+    def _after_error(self, job: _Job, error: BaseException) -> None:
+        """Free what a failed request may have left: its session's cache, or every cache on OOM."""
+        with self._cond:
+            own = self._caches.pop(job.request.session_id, None)  # generate() may have half written it
+            if isinstance(error, torch.OutOfMemoryError):
+                dropped = len(self._caches) + (own is not None)
+                self._caches.clear()
+                logger.warning(
+                    f"Voxtral engine: out of memory ({job.request.kind}); dropped the KV caches "
+                    f"of {dropped} session(s) (their next turns prefill again)"
+                )
+        if isinstance(error, torch.OutOfMemoryError) and torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def _finish(self, job: _Job) -> None:
         r = job.result
@@ -383,10 +441,12 @@ class VoxtralEngine:
     # ---------------------------------------------------------------------------------------
     # Tokenizing, features, caches
 
-    def _tokenize_chat(self, conversation: list[dict[str, Any]]) -> tuple[list[int], list[np.ndarray]]:
+    def _tokenize_chat(
+        self, conversation: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> tuple[list[int], list[np.ndarray]]:
         """Token ids and (30-s padded) audio arrays of a chat, without computing any mel features."""
         enc = self.bundle.tokenizer.apply_chat_template(
-            [conversation], tokenize=True, return_dict=True, return_tensors=None
+            [conversation], tools=tools or None, tokenize=True, return_dict=True, return_tensors=None
         )
         audios = enc.get("audio")
         return list(enc["input_ids"][0]), [np.asarray(a, dtype=np.float32) for a in (audios or [])]
@@ -428,14 +488,16 @@ class VoxtralEngine:
 
     def _take_cache(self, session_id: str | None, ids: list[int], max_new: int = 0) -> tuple[Any, int]:
         """The session's cache cropped to the common prefix with ``ids`` (never inside audio)."""
-        entry = self._caches.get(session_id) if (self.kv_cache and session_id) else None
         needed = len(ids) + max_new
-        if entry is not None and _is_static(entry.cache) and needed > self.kv_cache_max_tokens:
-            del self._caches[session_id]  # a preallocated cache cannot grow: start a dynamic one
-            entry = None
+        with self._cond:  # release_session() runs on other threads
+            entry = self._caches.get(session_id) if (self.kv_cache and session_id) else None
+            if entry is not None and _is_static(entry.cache) and needed > self.kv_cache_max_tokens:
+                del self._caches[session_id]  # a preallocated cache cannot grow: start a dynamic one
+                entry = None
+            if entry is not None:
+                self._caches.move_to_end(session_id)
         if entry is None:
             return self._new_cache(needed), 0
-        self._caches.move_to_end(session_id)
         cached = entry.ids
         p = 0
         limit = min(len(cached), len(ids))
@@ -461,11 +523,15 @@ class VoxtralEngine:
         if n > self.kv_cache_max_tokens:  # keep the (reusable) beginning only
             _crop(cache, self.kv_cache_max_tokens)
             ids = ids[: self.kv_cache_max_tokens]
-        self._caches[session_id] = _SessionCache(ids, cache)
-        self._caches.move_to_end(session_id)
-        while len(self._caches) > self.kv_cache_sessions:
-            evicted, _ = self._caches.popitem(last=False)
-            logger.debug(f"Voxtral engine: evicted the KV cache of session {evicted}")
+        with self._cond:  # release_session() runs on other threads
+            if session_id in self._released:
+                self._caches.pop(session_id, None)
+                return
+            self._caches[session_id] = _SessionCache(ids, cache)
+            self._caches.move_to_end(session_id)
+            while len(self._caches) > self.kv_cache_sessions:
+                evicted, _ = self._caches.popitem(last=False)
+                logger.debug(f"Voxtral engine: evicted the KV cache of session {evicted}")
 
     # ---------------------------------------------------------------------------------------
     # Running
@@ -480,7 +546,7 @@ class VoxtralEngine:
             if req.kind == "transcribe":
                 job.prompt_ids, job.audios = self._transcription_prompt(req)
             else:
-                job.prompt_ids, job.audios = self._tokenize_chat(req.conversation or [])
+                job.prompt_ids, job.audios = self._tokenize_chat(req.conversation or [], req.tools)
             r.prompt_tokens = len(job.prompt_ids)
             r.audio_tokens = sum(1 for t in job.prompt_ids if t == AUDIO_TOKEN_ID)
 
@@ -565,7 +631,7 @@ class VoxtralEngine:
         req, r = job.request, job.result
         b = self.bundle
         probe = [*(req.conversation or []), {"role": "user", "content": [{"type": "text", "text": "."}]}]
-        ids, audios = self._tokenize_chat(probe)
+        ids, audios = self._tokenize_chat(probe, req.tools)
         # The next turn's prompt shares everything before the last [INST].
         cut = len(ids) - 1 - ids[::-1].index(INST_TOKEN_ID)
         ids = ids[:cut]
@@ -595,6 +661,20 @@ def _is_static(cache: Any) -> bool:
     from transformers import StaticCache
 
     return isinstance(cache, StaticCache)
+
+
+def _storage_bytes(cache: Any) -> int:
+    """Bytes of the tensors behind a cache's layers (a cropped view still holds its storage)."""
+    seen: set[int] = set()
+    total = 0
+    for layer in getattr(cache, "layers", []):
+        for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
+            if isinstance(tensor, torch.Tensor) and tensor.numel():
+                storage = tensor.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total += storage.nbytes()
+    return total
 
 
 def _seq_length(cache: Any) -> int:
