@@ -10,7 +10,7 @@ RUN_ARGS ?=
 LOCAL_STAMP := $(VENV)/.installed-local
 TORCH_CPU_VERSION ?= 2.13.0
 
-.PHONY: setup run test lint clean system-deps bench-tts
+.PHONY: setup run test lint clean system-deps bench bench-tts
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,11 @@ run: setup
 
 test: setup system-deps $(LOCAL_STAMP)
 	$(PY) -m pytest -q $(ARGS)
+
+# The conversation benchmark: per-stage p50/p95, JSON + PNG waterfall, our chunker vs pipecat's stock
+# aggregation. make bench ARGS="--tts-model dummy:full"; ARGS="--compare baseline.json" to check a change.
+bench: setup
+	$(VENV)/bin/voxtral-pipeline bench $(ARGS)
 
 # Chunking policies in front of Kokoro (dummy:full): TTFA, playback gaps, chunk sizes -> benchmarks/results/
 bench-tts: setup

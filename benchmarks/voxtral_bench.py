@@ -43,7 +43,6 @@ from pipecat.workers.runner import WorkerRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine import machine_info  # noqa: E402
-from voxtral_pipeline.audio import float_to_pcm16  # noqa: E402
 from voxtral_pipeline.config import VoxtralConfig  # noqa: E402
 from voxtral_pipeline.frames import UserUtteranceFrame  # noqa: E402
 from voxtral_pipeline.models.voxtral import load_voxtral  # noqa: E402
@@ -77,16 +76,8 @@ class _Recorder(FrameProcessor):
 def _utterance(secs: float, seed: int) -> tuple[UserUtteranceFrame, float]:
     rng = np.random.default_rng(seed)
     samples = (0.1 * rng.standard_normal(int(secs * 16000))).astype(np.float32)
-    now = time.time()
-    frame = UserUtteranceFrame(
-        audio=float_to_pcm16(samples),
-        sample_rate=16000,
-        speech_start_time=now - secs,
-        speech_end_time=now,
-        vad_stop_time=now,
-        turn_end_time=now,
-    )
-    return frame, now
+    frame = UserUtteranceFrame.ended_at(samples)
+    return frame, frame.speech_end_time
 
 
 async def run_conversation(

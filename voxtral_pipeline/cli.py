@@ -114,6 +114,19 @@ def _setup_logging(level: str) -> None:
         logger.warning(f"unknown log level {level!r}, using INFO")
 
 
+def keep_log_level(level: str) -> None:
+    """Import the kokoro package now and set our log sink again.
+
+    kokoro replaces loguru's sinks with its own (INFO) when first imported, which would undo
+    --log-level once the TTS loads; called once the input is known good, before any model loads.
+    """
+    try:
+        import kokoro  # noqa: F401
+    except Exception:  # not installed, or broken: the Kokoro stage reports that itself
+        pass
+    _setup_logging(level)
+
+
 def _fail(message: str, code: int) -> int:
     print(f"voxtral-pipeline: error: {message}", file=sys.stderr)
     return code
@@ -132,7 +145,13 @@ def run_command(args: argparse.Namespace) -> int:
     except (ConfigError, ValueError, ModelUnavailableError) as e:
         return _fail(str(e), EXIT_BAD_INPUT)
 
+    problem = _metrics_problem(config)
+    if problem:
+        return _fail(problem, EXIT_BAD_INPUT)
+    keep_log_level(args.log_level)
     kind = config.transport.kind
+    if config.metrics.prometheus and kind not in ("webrtc", "websocket"):
+        logger.warning(f"metrics.prometheus: the {kind} transport has no bot server to serve /metrics on")
     if kind in ("webrtc", "websocket"):
         return _serve(config)
     if kind == "daily":
@@ -162,6 +181,27 @@ def run_command(args: argparse.Namespace) -> int:
         print(json.dumps(report["summary"], indent=2))
         return EXIT_OK
     return _finish_file_session(config, transport, report)
+
+
+def _metrics_problem(config) -> str | None:
+    """Why the metrics config cannot work here (a missing optional package), or None."""
+    import importlib.util
+
+    wanted = []
+    if config.metrics.prometheus:
+        wanted.append(("prometheus_client", "metrics.prometheus"))
+    if config.metrics.tracing:
+        wanted.append(("opentelemetry.sdk", "metrics.tracing"))
+        if config.metrics.otlp_endpoint:
+            wanted.append(("opentelemetry.exporter.otlp.proto.http", "metrics.otlp_endpoint"))
+    for module, key in wanted:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:
+            found = False
+        if not found:
+            return f"{key} needs {module}: pip install 'voxtral-pipeline[metrics]'"
+    return None
 
 
 def _load_models(config):
@@ -302,12 +342,19 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_parser(sub)
     devices = sub.add_parser("devices", help="list audio devices for --transport local")
     devices.add_argument("--log-level", default="WARNING", help="loguru level (default WARNING)")
+    from voxtral_pipeline.bench import add_bench_parser
+
+    add_bench_parser(sub)
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     if args.command == "run":
         return run_command(args)
     if args.command == "devices":
         return devices_command(args)
+    if args.command == "bench":
+        from voxtral_pipeline.bench import bench_command
+
+        return bench_command(args)
     return EXIT_BAD_INPUT
 
 

@@ -15,6 +15,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from voxtral_pipeline.languages import BRITISH_VOICE, LANGUAGES, LanguageCode
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10
@@ -45,6 +47,23 @@ class VADConfig(_Strict):
     min_volume: float = Field(0.6, ge=0.0, le=1.0, description="Minimum smoothed volume counted as speech.")
 
 
+class InterruptionConfig(_Strict):
+    """Barge-in: user speech while the bot is audible stops the bot (see docs/turns.md)."""
+
+    enabled: bool = Field(
+        True,
+        description="User speech while the bot is speaking interrupts it; if false, speech that starts while "
+        "the bot is audible is ignored (half duplex) and the bot is never cut off.",
+    )
+    min_speech_ms: int = Field(
+        0,
+        ge=0,
+        le=5000,
+        description="Speech needed, from its onset, before it interrupts the bot; shorter sounds (a cough, "
+        "'mm-hm') are ignored while the bot speaks. At or below vad.start_secs the VAD start interrupts.",
+    )
+
+
 class TurnConfig(_Strict):
     """Turn stage: VAD plus Smart Turn v3 decide when the user's utterance is complete."""
 
@@ -56,6 +75,28 @@ class TurnConfig(_Strict):
         3.0, gt=0.0, le=30.0, description="Silence that ends a turn Smart Turn judged incomplete."
     )
     pre_roll_ms: int = Field(300, ge=0, le=2000, description="Audio kept from before the VAD start.")
+    min_utterance_ms: int = Field(
+        150,
+        ge=0,
+        le=5000,
+        description="Turns with less speech than this (VAD speech segments, pauses excluded) are ignored: "
+        "clicks, coughs, blips the VAD let through; the VAD measures a one-syllable 'Yes.' at ~230 ms. "
+        "The one home of this rule (voxtral.min_utterance_ms only guards against empty audio).",
+    )
+    max_utterance_secs: float = Field(
+        60.0,
+        ge=1.0,
+        le=600.0,
+        description="A turn this long is ended at the user's next pause (VAD stop), whatever Smart Turn "
+        "says.",
+    )
+    speculative: bool = Field(
+        True,
+        description="Start Voxtral on the audio so far at each VAD stop, before the end of turn is "
+        "confirmed; its answer is released on confirmation and discarded, unheard, if the user goes on "
+        "speaking (takes Smart Turn off the critical path; costs an inference per thinking pause).",
+    )
+    interruptions: InterruptionConfig = Field(default_factory=InterruptionConfig)
 
 
 class VLLMConfig(_Strict):
@@ -76,6 +117,31 @@ class VLLMConfig(_Strict):
     )
     read_timeout_secs: float = Field(
         30.0, gt=0.0, le=600.0, description="Longest gap between streamed chunks."
+    )
+
+
+class ToolsConfig(_Strict):
+    """Function calling: how Voxtral's calls are run (tools are registered in code: docs/tools.md)."""
+
+    timeout_secs: float = Field(
+        10.0,
+        gt=0.0,
+        le=600.0,
+        description="A handler still running after this is cancelled and the model is told it timed out "
+        "(a per-function timeout_secs given to register_function wins).",
+    )
+    max_rounds: int = Field(
+        3,
+        ge=1,
+        le=16,
+        description="Rounds of function calls in one answer; a call past them is not run (the answer ends).",
+    )
+    filler: bool = Field(True, description="Say a short filler while a slow handler runs.")
+    filler_after_ms: float = Field(
+        800.0, ge=0.0, le=30000.0, description="Say the filler once a handler has run this long."
+    )
+    filler_text: str | None = Field(
+        None, description="The filler; None = 'One moment.' in the session language."
     )
 
 
@@ -113,6 +179,14 @@ class VoxtralConfig(_Strict):
         description="Earlier user turns kept as audio; older ones become their transcript (or a placeholder "
         "with their duration until the transcript exists).",
     )
+    max_history_turns: int = Field(
+        48,
+        ge=1,
+        le=10000,
+        description="User turns (with their answers and tool calls) kept in the conversation. Past it the "
+        "oldest quarter is dropped at once, so the prompt stays inside the model's context and the KV "
+        "prefix is rebuilt only once per quarter.",
+    )
     transcribe_history: bool = Field(
         True, description="Transcribe user turns with the same model while the engine is idle."
     )
@@ -120,7 +194,11 @@ class VoxtralConfig(_Strict):
         "en", description="Language hint for transcripts (None: auto)."
     )
     min_utterance_ms: int = Field(
-        100, ge=0, le=2000, description="Shorter turns are dropped without inference."
+        100,
+        ge=0,
+        le=2000,
+        description="Shorter audio (pre-roll included) is dropped without inference: a guard for utterances "
+        "from elsewhere; short sounds are the turn stage's rule (turns.min_utterance_ms).",
     )
     silence_dbfs: float = Field(
         -50.0, ge=-120.0, le=0.0, description="Turns whose peak stays below this are dropped as silence."
@@ -156,6 +234,19 @@ class VoxtralConfig(_Strict):
         description="A running answer yields to another session's waiting turn after this many tokens.",
     )
     vllm: VLLMConfig = Field(default_factory=VLLMConfig)
+    language: LanguageCode = Field(
+        "en",
+        description="Session language: Voxtral is told to answer in it (after the instructions) and it is "
+        "the transcripts' language unless transcription_language is set (set by the top-level `language`).",
+    )
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _transcripts_in_the_session_language(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "language" in data and "transcription_language" not in data:
+            data = {**data, "transcription_language": data["language"]}
+        return data
 
 
 class ChunkerConfig(_Strict):
@@ -211,14 +302,24 @@ class KokoroConfig(_Strict):
         "pypi:kokoro-v1.0-int8 (ONNX Runtime).",
     )
     voice: str = Field(
-        "af_heart", description="Voice name (a,b averages), or a path to a voice .pt (or .npy for ONNX)."
+        "af_heart",
+        description="Voice name (a,b averages), or a path to a voice .pt (or .npy for ONNX); when not set, "
+        "the language's default voice (docs/languages.md).",
     )
     voices_file: Path | None = Field(
         None, description="ONNX backend: kokoro-onnx voices .npz/.bin that voice names are looked up in."
     )
     speed: float = Field(1.0, gt=0.25, le=4.0, description="Speaking speed (1 = the voice's own).")
-    lang_code: Literal["a", "b"] = Field(
-        "a", description="G2P language: a = American English, b = British English."
+    lang_code: Literal["a", "b", "e", "f", "h", "i", "p"] = Field(
+        "a",
+        description="G2P language (misaki/kokoro codes): a = American English, b = British English, "
+        "e = Spanish, f = French, h = Hindi, i = Italian, p = Brazilian Portuguese; when not set, the "
+        "language's.",
+    )
+    language: LanguageCode = Field(
+        "en",
+        description="Language spoken: picks lang_code and voice when they are not set (set by the top-level "
+        "`language`).",
     )
     device: str = Field("auto", description="auto (CUDA when present), cpu, cuda or cuda:N.")
     trim_db: float = Field(
@@ -231,12 +332,61 @@ class KokoroConfig(_Strict):
         250.0, ge=0.0, le=2000.0, description="Silence after a chunk that ends a sentence (. ! ?)."
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _voice_and_g2p_of_the_language(cls, data: Any) -> Any:
+        lang = LANGUAGES.get(data.get("language", "en")) if isinstance(data, dict) else None
+        if lang is None:  # not a dict, or a language the field itself will reject with its choices
+            return data
+        data = {"lang_code": lang.kokoro_lang_codes[0], **data}
+        british = data["lang_code"] == "b"
+        return {"voice": BRITISH_VOICE if british else lang.voice, **data}
+
+    @model_validator(mode="after")
+    def _g2p_speaks_the_language(self) -> KokoroConfig:
+        codes = LANGUAGES[self.language].kokoro_lang_codes
+        if self.lang_code not in codes:
+            raise ValueError(
+                f"lang_code {self.lang_code!r} does not speak language {self.language!r} "
+                f"(use {' or '.join(codes)})"
+            )
+        return self
+
 
 class MetricsConfig(_Strict):
     """Per-turn latency waterfall and the session's percentiles."""
 
     jsonl: Path | None = Field(None, description="Append one JSON line per turn to this file.")
-    log_turns: bool = Field(True, description="Log one line per turn.")
+    log_turns: bool = Field(True, description="Log one line per turn and the session's percentiles.")
+    prometheus: bool = Field(
+        False,
+        description="Serve per-stage latency histograms (ms) at /metrics on the bot server "
+        "(prometheus-client, extra `metrics`).",
+    )
+    histogram_buckets_ms: list[float] = Field(
+        [10, 25, 50, 100, 150, 200, 300, 400, 500, 750, 1000, 1500, 2000, 3000, 5000],
+        min_length=1,
+        description="Upper bounds (ms) of the Prometheus histogram buckets.",
+    )
+    tracing: bool = Field(
+        False,
+        description="OpenTelemetry spans through pipecat's tracing: a conversation span, pipecat's turn "
+        "and TTS spans, and a voice_turn span per turn with one child span per stage.",
+    )
+    otlp_endpoint: str | None = Field(
+        None,
+        description="With tracing: export spans over OTLP/HTTP to this URL (e.g. "
+        "http://localhost:4318/v1/traces); without it, the application installs its own tracer provider.",
+    )
+    service_name: str = Field("voxtral-pipeline", description="With tracing: the OpenTelemetry service.name.")
+
+    @model_validator(mode="after")
+    def _usable_exports(self) -> MetricsConfig:
+        if any(not b > 0 for b in self.histogram_buckets_ms):
+            raise ValueError("histogram_buckets_ms: every bucket bound must be a positive number of ms")
+        if self.otlp_endpoint is not None and not self.otlp_endpoint.startswith(("http://", "https://")):
+            raise ValueError(f"otlp_endpoint must be an http(s) URL, got {self.otlp_endpoint!r}")
+        return self
 
 
 class FileTransportConfig(_Strict):
@@ -282,7 +432,11 @@ class ServerConfig(_Strict):
         description="Largest WebSocket message or WebRTC offer accepted; larger ones are dropped.",
     )
     session_timeout_secs: float | None = Field(
-        None, gt=0.0, description="End a session after this long (None: no limit)."
+        None,
+        gt=0.0,
+        le=7 * 86400,
+        allow_inf_nan=False,
+        description="End a session after this long, at most a week (None: no limit).",
     )
 
 
@@ -369,6 +523,28 @@ class PipelineConfig(_Strict):
     chunker: ChunkerConfig = Field(default_factory=ChunkerConfig)
     kokoro: KokoroConfig = Field(default_factory=KokoroConfig)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    language: LanguageCode = Field(
+        "en",
+        description="Session language (en, es, fr, hi, it, pt: where Voxtral's and Kokoro's meet): sets "
+        "voxtral.language and kokoro.language (voice and G2P) unless those are set; see docs/languages.md.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_session_language(cls, data: Any) -> Any:
+        """The top-level language flows into the stages that did not choose their own."""
+        if not isinstance(data, dict) or "language" not in data:
+            return data
+        data = dict(data)
+        for section in ("voxtral", "kokoro"):
+            sub = data.get(section) or {}
+            if isinstance(sub, BaseModel):
+                if "language" in sub.model_fields_set:
+                    continue
+                sub = sub.model_dump(exclude_defaults=True)  # the language's defaults apply again
+            if isinstance(sub, dict) and "language" not in sub:
+                data[section] = {**sub, "language": data["language"]}
+        return data
 
 
 def _format_error(error: ValidationError) -> str:

@@ -13,6 +13,7 @@ from loguru import logger
 from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker, ProcessorUnusablePolicy
+from pipecat.services.tts_service import TextAggregationMode
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
@@ -21,6 +22,7 @@ from voxtral_pipeline.models import ModelUnavailableError
 from voxtral_pipeline.processors.chunker import WordChunker
 from voxtral_pipeline.processors.kokoro import KokoroTTSService
 from voxtral_pipeline.processors.metrics import MetricsStage
+from voxtral_pipeline.processors.playback import PlaybackTracker
 from voxtral_pipeline.processors.turns import TurnStage
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService
 
@@ -82,7 +84,7 @@ class VoicePipeline:
     transport: BaseTransport
     turns: TurnStage
     voxtral: VoxtralLLMService
-    chunker: WordChunker
+    chunker: WordChunker | None  # None with stock_aggregation
     tts: KokoroTTSService
     metrics: MetricsStage
     pipeline: Pipeline
@@ -106,11 +108,14 @@ class VoicePipeline:
         await runner.add_workers(self.worker)
         await runner.run()
         await self.metrics.finish()
-        return merge_voxtral_stats(self.metrics.report(), self.metrics.turns, self.voxtral.turn_stats)
+        report = merge_voxtral_stats(self.metrics.report(), self.metrics.turns, self.voxtral.turn_stats)
+        # Speculative starts (turns.speculative): confirmed ones are the turns' own inferences.
+        report["speculation"] = self.voxtral.speculation_counts
+        return report
 
 
 #: Voxtral stage numbers added to each turn of the JSON report.
-VOXTRAL_REPORT_FIELDS = ("prompt_tokens", "prefill_tokens", "generate_calls")
+VOXTRAL_REPORT_FIELDS = ("prompt_tokens", "prefill_tokens", "generate_calls", "speculation_saved_ms")
 
 
 def merge_voxtral_stats(report: dict[str, Any], records: list, stats: list[dict[str, Any]]) -> dict[str, Any]:
@@ -132,19 +137,32 @@ def build_pipeline(
     voxtral: VoxtralLLMService | None = None,
     tts: KokoroTTSService | None = None,
     observers: list | None = None,
+    stock_aggregation: bool = False,
 ) -> VoicePipeline:
     """Assemble transport, turn stage, Voxtral, chunker, Kokoro and metrics into a worker.
 
     ``voxtral`` and ``tts`` may be passed in to share already loaded models (tests, or several
     sessions in one process); otherwise they are built from the config and load in ``setup()``.
+    ``stock_aggregation`` leaves the word chunker out and lets the TTS service aggregate the tokens
+    itself (pipecat's ``TextAggregationMode.SENTENCE``): the baseline ``voxtral-pipeline bench``
+    compares our chunker with (a ``tts`` passed in must then be built in that mode).
     """
     transport = transport or build_transport(config)
     turns = TurnStage(config.turns)
     voxtral = voxtral or VoxtralLLMService(config.voxtral)
-    chunker = WordChunker(config.chunker)
-    tts = tts or KokoroTTSService(config.kokoro)
+    chunker = None if stock_aggregation else WordChunker(config.chunker)
+    if tts is None:
+        mode = TextAggregationMode.SENTENCE if stock_aggregation else TextAggregationMode.TOKEN
+        tts = KokoroTTSService(config.kokoro, text_aggregation_mode=mode)
     metrics = MetricsStage(config.metrics)
-    pipeline = Pipeline([transport.input(), turns, voxtral, chunker, tts, metrics, transport.output()])
+    stages = [turns, voxtral, *([chunker] if chunker else []), tts, metrics]
+    # After the output: sees what was played, tells the Voxtral stage what the bot really said.
+    playback = PlaybackTracker()
+    pipeline = Pipeline([transport.input(), *stages, transport.output(), playback])
+    if config.metrics.tracing:
+        from voxtral_pipeline.telemetry.tracing import configure_tracing
+
+        configure_tracing(config.metrics)
     worker = PipelineWorker(
         pipeline,
         params=PipelineParams(
@@ -154,6 +172,8 @@ def build_pipeline(
             enable_usage_metrics=True,
         ),
         observers=[metrics.observer, *(observers or [])],
+        # pipecat's conversation/turn/service spans; the metrics stage adds the waterfall's.
+        enable_tracing=config.metrics.tracing,
         enable_rtvi=False,
         idle_timeout_secs=None,
         setup_timeout_secs=SETUP_TIMEOUT_SECS,

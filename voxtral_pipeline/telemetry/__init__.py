@@ -1,0 +1,1 @@
+"""Where the metrics stage's turns go besides the log: Prometheus histograms and OpenTelemetry spans."""
