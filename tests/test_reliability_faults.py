@@ -43,12 +43,12 @@ from tests.voxtral_fixtures import (  # noqa: F401
 )
 from voxtral_pipeline.config import ChunkerConfig, KokoroConfig, VoxtralConfig
 from voxtral_pipeline.frames import DisplayTextFrame
+from voxtral_pipeline.languages import language
 from voxtral_pipeline.models.voxtral import ConversationTurn, audio_content_part, build_conversation
 from voxtral_pipeline.processors.chunker import WordChunker
 from voxtral_pipeline.processors.kokoro import KokoroTTSService
 from voxtral_pipeline.processors.voxtral import VoxtralEngine, VoxtralLLMService
 from voxtral_pipeline.processors.voxtral.engine import EngineRequest
-from voxtral_pipeline.processors.voxtral.processor import ERROR_REPLY
 
 pytest_plugins = ["tests.kokoro_fixtures"]  # fixtures: kokoro_tiny
 
@@ -163,14 +163,31 @@ async def test_model_failure_and_oom_mid_answer_are_apologized_for_and_the_next_
     assert "ran out of memory on turn 1" in errors[1].error and "OutOfMemoryError" in errors[1].error
     # Each apology went through the chunker to Kokoro and was spoken: its text, then its audio.
     apologies = [f for f in h.down if isinstance(f, TTSTextFrame) and "Sorry" in f.text]
-    assert len(apologies) == 2 and ERROR_REPLY.startswith(apologies[0].text.strip())
+    assert len(apologies) == 2 and language("en").apology.startswith(apologies[0].text.strip())
     for apology in apologies:
         assert any(isinstance(f, TTSAudioRawFrame) for f in _after(h.down, apology))
     stats = service.turn_stats
     assert [bool(s["error"]) for s in stats] == [True, True, False]
     assert stats[2]["completion_tokens"] > 0 and stats[2]["text"]
     # The apology is not the model's: the next prompt holds what the model itself said.
-    assert all(ERROR_REPLY not in t.text for t in service.history if t.role == "assistant")
+    assert all(language("en").apology not in t.text for t in service.history if t.role == "assistant")
+
+
+@pytest.mark.parametrize(("code", "error_reply"), [("fr", None), ("es", None), ("en", "")])
+async def test_the_apology_is_in_the_session_language_or_none(tiny_bundle, monkeypatch, code, error_reply):
+    spy = GenerateSpy(tiny_bundle.model, monkeypatch)
+    config = VoxtralConfig(
+        model="dummy:tiny", temperature=0.0, transcribe_history=False, warmup=False, language=code
+    )
+    service = VoxtralLLMService(config, bundle=tiny_bundle)
+    service.error_reply = error_reply
+    async with StageHarness(service) as h:
+        spy.fail_at_forward = (1, RuntimeError("synthetic prefill failure"))
+        await h.send(make_utterance(1.0, seed=1))
+        await h.wait_up(count(ErrorFrame))
+        await h.wait_down(count(LLMFullResponseEndFrame))
+    spoken = [f.text for f in h.down if isinstance(f, TTSSpeakFrame)]
+    assert spoken == ([language(code).apology] if error_reply is None else [])
 
 
 async def test_tts_failing_on_one_chunk_still_shows_its_words_and_speaks_the_next(
@@ -199,7 +216,7 @@ async def test_tts_failing_on_one_chunk_still_shows_its_words_and_speaks_the_nex
     assert len(errors) == 1 and not errors[0].fatal and "could not speak" in errors[0].error
     assert len(calls) >= 2, "the reply was one chunk: nothing after the failure to speak"
     assert any(isinstance(f, TTSAudioRawFrame) for f in h.down)  # the next chunks were spoken
-    assert not [f for f in h.down if isinstance(f, LLMTextFrame) and f.text == ERROR_REPLY]
+    assert not [f for f in h.down if isinstance(f, LLMTextFrame) and f.text == language("en").apology]
 
 
 # ---- a client gone mid-answer -------------------------------------------------------------------

@@ -7,8 +7,8 @@ language must be in both: en, es, fr, hi, it, pt (no Kokoro voice for German or 
 does not list Japanese or Mandarin).
 
 Each language fixes the Kokoro G2P code (misaki/kokoro ``lang_code``), a default voice from
-Kokoro-82M's VOICES.md, the sentence that tells Voxtral to answer in it, and the filler said while
-a slow tool runs.
+Kokoro-82M's VOICES.md, the sentence that tells Voxtral to answer in it, the filler said while
+a slow tool runs, and the apology said when an answer fails.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ class Language:
         voice: Default Kokoro-82M voice.
         instruction: Told to Voxtral after the instructions (none for English, the default).
         filler: Said when a tool call takes long.
+        apology: Said when an answer fails (the model raised, ran out of memory).
     """
 
     code: str
@@ -38,10 +39,19 @@ class Language:
     voice: str
     instruction: str
     filler: str
+    apology: str
 
 
 LANGUAGES: dict[str, Language] = {
-    "en": Language("en", "English", ("a", "b"), "af_heart", "", "One moment."),
+    "en": Language(
+        "en",
+        "English",
+        ("a", "b"),
+        "af_heart",
+        "",
+        "One moment.",
+        "Sorry, something went wrong on my side. Could you say that again?",
+    ),
     "es": Language(
         "es",
         "Spanish",
@@ -49,6 +59,7 @@ LANGUAGES: dict[str, Language] = {
         "ef_dora",
         "Always answer in Spanish. Responde siempre en español.",
         "Un momento.",
+        "Lo siento, algo ha fallado por mi parte. ¿Puedes repetirlo?",
     ),
     "fr": Language(
         "fr",
@@ -57,9 +68,16 @@ LANGUAGES: dict[str, Language] = {
         "ff_siwis",
         "Always answer in French. Réponds toujours en français.",
         "Un instant.",
+        "Désolé, quelque chose n'a pas marché de mon côté. Pouvez-vous répéter ?",
     ),
     "hi": Language(
-        "hi", "Hindi", ("h",), "hf_alpha", "Always answer in Hindi. हमेशा हिंदी में उत्तर दें।", "एक क्षण।"
+        "hi",
+        "Hindi",
+        ("h",),
+        "hf_alpha",
+        "Always answer in Hindi. हमेशा हिंदी में उत्तर दें।",
+        "एक क्षण।",
+        "क्षमा करें, मेरी ओर से कुछ गड़बड़ हो गई। क्या आप फिर से कह सकते हैं?",
     ),
     "it": Language(
         "it",
@@ -68,6 +86,7 @@ LANGUAGES: dict[str, Language] = {
         "if_sara",
         "Always answer in Italian. Rispondi sempre in italiano.",
         "Un momento.",
+        "Scusa, qualcosa è andato storto da parte mia. Puoi ripetere?",
     ),
     "pt": Language(
         "pt",
@@ -76,6 +95,7 @@ LANGUAGES: dict[str, Language] = {
         "pf_dora",
         "Always answer in Portuguese. Responda sempre em português.",
         "Um momento.",
+        "Desculpe, algo deu errado do meu lado. Pode repetir?",
     ),
 }
 

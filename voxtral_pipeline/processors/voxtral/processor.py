@@ -84,9 +84,6 @@ from voxtral_pipeline.processors.voxtral.vllm import VLLMClient
 WARMUP_SECS = 1.0
 WARMUP_NEW_TOKENS = 2
 _END = object()  # queue sentinel: the engine is done with this turn
-#: Spoken (not added to the conversation) when a turn's generation fails: the user hears why nothing
-#: (or only part of an answer) came, and knows to ask again.
-ERROR_REPLY = "Sorry, something went wrong on my side. Could you say that again?"
 
 
 @dataclass
@@ -115,10 +112,12 @@ class VoxtralLLMService(FrameProcessor):
 
     Consumes ``UserUtteranceFrame``; forwards every other frame. Per-turn numbers are kept in
     :attr:`turn_stats` and the conversation in :attr:`context`. A turn whose generation fails
-    sends a non-fatal ``ErrorFrame`` upstream and :attr:`error_reply` to be spoken (empty: none).
+    sends a non-fatal ``ErrorFrame`` upstream and :attr:`error_reply` to be spoken, kept out of the
+    conversation, so the user hears why nothing (or only part of an answer) came and asks again: by
+    default (None) the session language's apology; an empty string says nothing.
     """
 
-    error_reply: str = ERROR_REPLY
+    error_reply: str | None = None
 
     def __init__(
         self,
@@ -468,9 +467,12 @@ class VoxtralLLMService(FrameProcessor):
             self._close_turn(turn)
         await self.stop_processing_metrics()
         await self._push_answer(turn, LLMFullResponseEndFrame())
-        if failed and self.error_reply and not turn.stopped and turn.speculation is None:
+        apology = self.error_reply
+        if apology is None:
+            apology = language(self._config.language).apology
+        if failed and apology and not turn.stopped and turn.speculation is None:
             # Its own TTS turn, after the (partial) answer; kept out of the model's context.
-            await self.push_frame(TTSSpeakFrame(self.error_reply, append_to_context=False))
+            await self.push_frame(TTSSpeakFrame(apology, append_to_context=False))
         self._start_idle_work()
 
     async def _answer_with_tools(self, turn: _Turn) -> EngineResult:
