@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from loguru import logger
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.frames.frames import EndFrame, Frame, LLMFullResponseEndFrame, LLMTextFrame
@@ -41,6 +42,7 @@ from pipecat.workers.runner import WorkerRunner
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine import machine_info  # noqa: E402
+from tests.voxtral_fixtures import ForcedGeneration  # noqa: E402
 from voxtral_pipeline.config import VoxtralConfig  # noqa: E402
 from voxtral_pipeline.frames import UserUtteranceFrame  # noqa: E402
 from voxtral_pipeline.models.tekken import EOS_TOKEN_ID, TOOL_CALLS_TOKEN_ID  # noqa: E402
@@ -57,36 +59,14 @@ LOOKUP = FunctionSchema(
 END_INST = 3 + 1  # [/INST]
 
 
-class _Force:
-    """Logits processor: the n-th generated token is ``ids[n]``."""
-
-    def __init__(self, ids: list[int], prompt_len: int):
-        self.ids, self.prompt_len = ids, prompt_len
-
-    def __call__(self, input_ids, scores):
-        step = input_ids.shape[1] - self.prompt_len
-        if 0 <= step < len(self.ids):
-            scores = scores.clone()
-            scores[:] = float("-inf")
-            scores[:, self.ids[step]] = 0.0
-        return scores
-
-
 def force_calls(bundle: Any) -> None:
     """Every new user turn starts with a call to ``lookup``; the answer after it is free."""
-    from transformers.generation import LogitsProcessorList
-
     text = json.dumps([{"name": "lookup", "arguments": {"order_id": "A123"}}])
     ids = [TOOL_CALLS_TOKEN_ID, *bundle.tokenizer.encode(text, add_special_tokens=False), EOS_TOKEN_ID]
-    inner = bundle.model.generate
-
-    def generate(*args: Any, **kwargs: Any) -> Any:
-        prompt = kwargs["input_ids"][0].tolist()
-        if prompt[-1] == END_INST:
-            kwargs["logits_processor"] = LogitsProcessorList([_Force(ids, len(prompt))])
-        return inner(*args, **kwargs)
-
-    bundle.model.generate = generate
+    # The tests' forcing logits processor; this process ends with the benchmark, so nothing is undone.
+    ForcedGeneration(
+        bundle.model, pytest.MonkeyPatch(), lambda prompt: ids if prompt[-1] == END_INST else None
+    )
 
 
 class _Clock(FrameProcessor):
