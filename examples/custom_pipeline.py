@@ -48,7 +48,7 @@ async def main() -> None:
         [
             transport.input(),
             TurnStage(config.turns),
-            VoxtralLLMService(config.voxtral),
+            VoxtralLLMService(config.voxtral, turns="utterance"),  # the turn stage says when a turn ends
             WordChunker(config.chunker),
             KokoroTTSService(config.kokoro),
             metrics,

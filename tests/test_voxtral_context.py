@@ -40,7 +40,7 @@ def test_the_window_drops_the_oldest_quarter_at_once_and_keeps_calls_with_their_
     first = context.turns[0]
     _exchange(context, 9)
     _exchange(context, 10)
-    assert context.turns[0] is first and len(context.user_turns) == 8
+    assert context.turns[0].message is first.message and len(context.user_turns) == 8
 
     messages = context.render()
     assert messages[0]["role"] == "user"  # the instructions still open the conversation
@@ -54,7 +54,7 @@ def test_a_withdrawn_newest_turn_leaves_the_same_window_as_no_speculation():
         for i in range(4):
             _exchange(context, i)
     withdrawn = speculative.add_user(_speech())  # a speculative turn that trims the window...
-    speculative.turns.remove(withdrawn)  # ...and is then withdrawn (the user went on speaking)
+    speculative.remove(withdrawn)  # ...and is then withdrawn (the user went on speaking)
     plain.add_user(_speech(1.0))
     speculative.add_user(_speech(1.0))
     assert [t.text for t in plain.turns] == [t.text for t in speculative.turns]

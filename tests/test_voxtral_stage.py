@@ -10,6 +10,7 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
     LLMTextFrame,
+    LLMServiceMetadataFrame,
     MetricsFrame,
 )
 from pipecat.metrics.metrics import LLMUsageMetricsData, TTFBMetricsData
@@ -70,7 +71,7 @@ async def test_one_turn_streams_each_token(tiny_bundle, monkeypatch):
     assert service.generate_calls == 1 and service.turn_stats[0]["generate_calls"] == 1
     call = spy.calls[0]
 
-    response = [f for f in down if not isinstance(f, MetricsFrame)]
+    response = [f for f in down if not isinstance(f, (MetricsFrame, LLMServiceMetadataFrame))]
     assert isinstance(response[0], LLMFullResponseStartFrame)
     assert isinstance(response[-1], LLMFullResponseEndFrame)
     texts = _texts(response)

@@ -150,6 +150,7 @@ def build_pipeline(
     transport = transport or build_transport(config)
     turns = TurnStage(config.turns)
     voxtral = voxtral or VoxtralLLMService(config.voxtral)
+    voxtral.turn_source = "utterance"  # the turn stage's UserUtteranceFrames are the spoken turns
     chunker = None if stock_aggregation else WordChunker(config.chunker)
     if tts is None:
         mode = TextAggregationMode.SENTENCE if stock_aggregation else TextAggregationMode.TOKEN

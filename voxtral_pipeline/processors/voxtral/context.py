@@ -1,71 +1,95 @@
-"""A session's conversation for Voxtral: what each turn holds and how it is rendered.
+"""A session's conversation for Voxtral: pipecat's ``LLMContext`` plus the audio memory beside it.
 
-User turns are kept as 16 kHz float audio (encoded to a chat-template part once). The last
-``audio_turns`` earlier user turns are rendered as audio; older ones as their transcript once
-one exists, else as a short placeholder with their duration. Assistant turns hold the text that
-was sent downstream, replaced at an interruption by what the listener actually heard (see
-docs/turns.md), and the function calls the model made;
-tool turns hold each call's result, so later turns (and the KV cache) see what was called and
-what came back. Instructions go in the first user turn.
+The conversation *is* an ``LLMContext`` (shared with pipecat's aggregators when the pipeline has
+them): user turns are ``input_audio`` messages, assistant turns text (what the listener heard,
+after an interruption; see docs/turns.md) and function calls, tool turns the results. Beside it
+the stage keeps, per spoken turn, its samples, duration and idle-time transcript. The last
+``audio_turns`` earlier user turns are rendered as audio; older ones as their transcript once one
+exists, else as a placeholder with their duration, and once past the budget their message in the
+context is replaced by that text (a long session's memory stays flat). Instructions go in the
+first user turn (:mod:`.adapter`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Literal
+import base64
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import soundfile as sf
 from loguru import logger
+from pipecat.processors.aggregators.llm_context import LLMContext
 
 from voxtral_pipeline.audio import pcm16_to_float, resample
 from voxtral_pipeline.frames import UserUtteranceFrame
-from voxtral_pipeline.models.voxtral import (
-    SAMPLE_RATE,
-    ConversationTurn,
-    audio_content_part,
-    build_conversation,
-)
+from voxtral_pipeline.models.voxtral import SAMPLE_RATE, audio_content_part
+from voxtral_pipeline.processors.voxtral.adapter import VoxtralLLMAdapter, VoxtralRequest, audio_data, message_text
 from voxtral_pipeline.processors.voxtral.tools import ToolCall, ToolResult
 
 CHUNK_SECS = 30.0
 
 
-@dataclass(eq=False)  # turns are compared by identity (their audio is an array)
-class ContextTurn:
-    """One turn of a session.
+@dataclass(eq=False)
+class UserAudio:
+    """What the stage keeps of one spoken user turn beside its message."""
 
-    Parameters:
-        role: ``user``, ``assistant`` or ``tool``.
-        audio: A user turn's samples (float32, 16 kHz).
-        text: An assistant turn's text (as heard, after an interruption), or a tool turn's result.
-        transcript: A user turn's transcript, once the idle engine has made one.
-        tool_calls: An assistant turn's function calls (OpenAI chat format).
-        tool_call_id: A tool turn's call id.
-        name: A tool turn's function name.
+    samples: np.ndarray | None  # None once released (the turn is text from then on)
+    secs: float
+    transcript: str | None = None
+
+
+class ContextTurn:
+    """A view of one message of the context, with the audio memory of a spoken user turn.
+
+    Setting :attr:`text` edits the message in the context (an answer cut at an interruption).
     """
 
-    role: Literal["user", "assistant", "tool"]
-    audio: np.ndarray | None = None
-    text: str = ""
-    transcript: str | None = None
-    tool_calls: list[dict[str, Any]] | None = None
-    tool_call_id: str | None = None
-    name: str | None = None
-    _part: dict[str, Any] | None = field(default=None, repr=False)
-    _secs: float | None = field(default=None, repr=False)  # kept when the audio is released
+    def __init__(self, message: dict[str, Any], audio: UserAudio | None):
+        self.message = message
+        self.memory = audio
+
+    @property
+    def role(self) -> str:
+        return self.message.get("role", "")
+
+    @property
+    def text(self) -> str:
+        return message_text(self.message.get("content"))
+
+    @text.setter
+    def text(self, value: str) -> None:
+        self.message["content"] = value
+
+    @property
+    def audio(self) -> np.ndarray | None:
+        return None if self.memory is None else self.memory.samples
+
+    @property
+    def transcript(self) -> str | None:
+        return None if self.memory is None else self.memory.transcript
+
+    @transcript.setter
+    def transcript(self, value: str | None) -> None:
+        assert self.memory is not None, "only a spoken turn has a transcript"
+        self.memory.transcript = value
 
     @property
     def duration_secs(self) -> float:
-        if self.audio is None:
-            return self._secs or 0.0
-        return len(self.audio) / SAMPLE_RATE
+        return 0.0 if self.memory is None else self.memory.secs
 
     @property
-    def audio_part(self) -> dict[str, Any]:
-        if self._part is None:
-            assert self.audio is not None
-            self._part = audio_content_part(self.audio, SAMPLE_RATE)
-        return self._part
+    def tool_calls(self) -> list[dict[str, Any]] | None:
+        return self.message.get("tool_calls")
+
+    @property
+    def tool_call_id(self) -> str | None:
+        return self.message.get("tool_call_id")
+
+    def __repr__(self) -> str:
+        return f"ContextTurn({self.role}, {self.text[:40]!r}, {self.duration_secs:.1f} s)"
 
 
 def placeholder(turn: ContextTurn) -> str:
@@ -74,20 +98,73 @@ def placeholder(turn: ContextTurn) -> str:
 
 
 class VoxtralContext:
-    """The conversation of one session, rendered for the model under an audio budget."""
+    """The conversation of one session (an ``LLMContext``), rendered for the model under an audio budget."""
 
-    def __init__(self, instructions: str | None, audio_turns: int, max_user_turns: int | None = None):
-        self.instructions = instructions
+    def __init__(
+        self,
+        instructions: str | None | Callable[[], str | None],
+        audio_turns: int,
+        max_user_turns: int | None = None,
+        llm_context: LLMContext | None = None,
+    ):
+        self._instructions = instructions
         self.audio_turns = audio_turns
         self.max_user_turns = max_user_turns
-        self.turns: list[ContextTurn] = []
+        self.llm_context = llm_context if llm_context is not None else LLMContext()
         self.dropped_user_turns = 0
+        self.adapter = VoxtralLLMAdapter()
+        # Per spoken turn: its message (kept alive, so its id stays unique) and its memory.
+        self._audio: dict[int, tuple[dict[str, Any], UserAudio]] = {}
+
+    @property
+    def instructions(self) -> str | None:
+        return self._instructions() if callable(self._instructions) else self._instructions
+
+    def use(self, llm_context: LLMContext) -> None:
+        """Continue on another context (the one an ``LLMContextFrame`` brings)."""
+        self.llm_context = llm_context
+
+    # -----------------------------------------------------------------------------------------
+    # Turns
+
+    def _memory(self, message: dict[str, Any]) -> UserAudio | None:
+        kept = self._audio.get(id(message))
+        if kept is not None and kept[0] is message:
+            return kept[1]
+        data = audio_data(message)
+        if message.get("role") != "user" or not data:
+            return None
+        for kept_message, memory in self._audio.values():  # the same audio in a copied message
+            if audio_data(kept_message)[:1] == data[:1]:
+                break
+        else:
+            samples = np.concatenate([decode_wav(d) for d in data])
+            memory = UserAudio(samples, len(samples) / SAMPLE_RATE)
+        self._audio[id(message)] = (message, memory)
+        return memory
+
+    @property
+    def turns(self) -> list[ContextTurn]:
+        return [ContextTurn(m, self._memory(m)) for m in self.llm_context.get_messages() if isinstance(m, dict)]
+
+    @property
+    def user_turns(self) -> list[ContextTurn]:
+        return [t for t in self.turns if t.role == "user"]
 
     def add_user(self, audio: np.ndarray) -> ContextTurn:
-        turn = ContextTurn("user", audio=audio)
-        self.turns.append(turn)
+        """A spoken turn: an ``input_audio`` (base64 WAV) message, the shape ``create_audio_message`` makes."""
+        data = audio_content_part(audio, SAMPLE_RATE)["base64"]
+        message = {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}]}
+        memory = UserAudio(audio, len(audio) / SAMPLE_RATE)
+        self._audio[id(message)] = (message, memory)
+        self.llm_context.add_message(message)  # type: ignore[arg-type]
         self._trim()
-        return turn
+        return ContextTurn(message, memory)
+
+    def remove(self, turn: ContextTurn) -> None:
+        """Take a turn out (a withdrawn speculative turn)."""
+        self.llm_context.set_messages([m for m in self.llm_context.get_messages() if m is not turn.message])
+        self._audio.pop(id(turn.message), None)
 
     def _trim(self) -> None:
         """Past ``max_user_turns``, drop the oldest exchanges down to three quarters of it.
@@ -97,15 +174,22 @@ class VoxtralContext:
         once, rather than one turn per turn, changes the prompt's prefix (and so costs a full
         prefill) only once per quarter of the window. A withdrawn speculative turn leaves the same
         window as a session without speculation: the trim keeps the newest turns either way.
+        System messages stay.
         """
         if self.max_user_turns is None:
             return
-        starts = [i for i, t in enumerate(self.turns) if t.role == "user"]
+        messages = self.llm_context.get_messages()
+        starts = [i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"]
         if len(starts) <= self.max_user_turns:
             return
         keep = max(1, self.max_user_turns * 3 // 4)
         dropped = len(starts) - keep
-        self.turns = self.turns[starts[dropped] :]
+        cut = starts[dropped]
+        gone = messages[:cut]
+        kept = [m for m in gone if isinstance(m, dict) and m.get("role") == "system"] + messages[cut:]
+        self.llm_context.set_messages(kept)
+        for m in gone:
+            self._audio.pop(id(m), None)
         self.dropped_user_turns += dropped
         logger.info(
             f"conversation reached voxtral.max_history_turns={self.max_user_turns}: dropped its oldest "
@@ -113,24 +197,28 @@ class VoxtralContext:
         )
 
     def add_assistant(self, text: str) -> ContextTurn:
-        turn = ContextTurn("assistant", text=text)
-        self.turns.append(turn)
-        return turn
+        message = {"role": "assistant", "content": text}
+        self.llm_context.add_message(message)  # type: ignore[arg-type]
+        return ContextTurn(message, None)
 
     def add_tool_calls(self, text: str, calls: list[ToolCall]) -> ContextTurn:
         """The model's calls, with what it said before them in the same answer."""
-        turn = ContextTurn("assistant", text=text, tool_calls=[c.openai() for c in calls])
-        self.turns.append(turn)
-        return turn
+        message = {"role": "assistant", "content": text, "tool_calls": [c.openai() for c in calls]}
+        self.llm_context.add_message(message)  # type: ignore[arg-type]
+        return ContextTurn(message, None)
 
     def add_tool_result(self, result: ToolResult) -> ContextTurn:
-        turn = ContextTurn("tool", text=result.content(), tool_call_id=result.call.id, name=result.call.name)
-        self.turns.append(turn)
-        return turn
+        message = {
+            "role": "tool",
+            "content": result.content(),
+            "tool_call_id": result.call.id,
+            "name": result.call.name,
+        }
+        self.llm_context.add_message(message)  # type: ignore[arg-type]
+        return ContextTurn(message, None)
 
-    @property
-    def user_turns(self) -> list[ContextTurn]:
-        return [t for t in self.turns if t.role == "user"]
+    # -----------------------------------------------------------------------------------------
+    # Rendering under the audio budget
 
     def audio_limit(self, upcoming: int = 0) -> int:
         """Index (among user turns) below which turns are past the audio budget.
@@ -142,60 +230,58 @@ class VoxtralContext:
         # The newest user turn is always audio, plus ``audio_turns`` earlier ones.
         return max(0, n - 1 - self.audio_turns)
 
-    def render_turns(self, upcoming: int = 0, max_audios: int | None = None) -> list[ConversationTurn]:
-        """Turns for :func:`build_conversation`: audio inside the budget, text beyond it.
+    def request(self, upcoming: int = 0, max_audios: int | None = None) -> VoxtralRequest:
+        """The chat request (and what was left out of it) for the model.
 
         ``max_audios`` additionally caps the audio parts (vLLM takes at most 5 per prompt).
         """
-        limit = self.audio_limit(upcoming)
         users = self.user_turns
+        limit = self.audio_limit(upcoming)
         if max_audios is not None:
             limit = max(limit, len(users) + upcoming - max_audios)
-        out: list[ConversationTurn] = []
-        index = 0
-        for turn in self.turns:
-            if turn.role == "assistant":
-                out.append(ConversationTurn("assistant", text=turn.text, tool_calls=turn.tool_calls))
-                continue
-            if turn.role == "tool":
-                out.append(
-                    ConversationTurn("tool", text=turn.text, tool_call_id=turn.tool_call_id, name=turn.name)
-                )
-                continue
-            if index >= limit:
-                out.append(ConversationTurn("user", audio=turn.audio_part))
-            else:
-                out.append(ConversationTurn("user", text=turn.transcript or placeholder(turn)))
-            index += 1
-        return out
+        text_for = {
+            id(t.message): t.transcript or placeholder(t) for t in users[:limit] if audio_data(t.message)
+        }
+        return self.adapter.voxtral_request(
+            self.llm_context, instructions=self.instructions, as_text=lambda m: text_for.get(id(m))
+        )
 
     def render(self, upcoming: int = 0, max_audios: int | None = None) -> list[dict[str, Any]]:
         """Chat messages for the model (instructions in the first user turn)."""
-        return build_conversation(self.render_turns(upcoming, max_audios), self.instructions)
+        return self.request(upcoming, max_audios).messages
 
     def release_old_audio(self, transcribing: bool) -> int:
-        """Free the samples of user turns past the audio budget: they are never heard as audio again.
+        """Replace user turns past the audio budget by their text: they are never heard as audio again.
 
-        From then on they are text (the budget only moves forward): their transcript, or, when
-        ``transcribing`` is off, the placeholder (which keeps their duration, so the rendered
-        prompt and its KV cache do not change). A turn still waiting for its transcript keeps its
-        audio. This keeps a long session's memory flat. Returns how many turns were freed.
+        From then on they are text (the budget only moves forward) in the context itself: their
+        transcript, or, when ``transcribing`` is off, the placeholder (which keeps their duration,
+        so the rendered prompt and its KV cache do not change). A turn still waiting for its
+        transcript keeps its audio. This keeps a long session's memory flat. Returns how many
+        turns were freed.
 
         It stays one turn behind the budget: the newest user turn may be a speculative one that
         is withdrawn, which moves the budget back by one.
         """
         freed = 0
         for turn in self.user_turns[: self.audio_limit(upcoming=-1)]:
-            if turn.audio is not None and (turn.transcript is not None or not transcribing):
-                turn._secs = turn.duration_secs
-                turn.audio = None
-                turn._part = None
+            memory = turn.memory
+            if memory is None or memory.samples is None:
+                continue
+            if memory.transcript is not None or not transcribing:
+                turn.message["content"] = [{"type": "text", "text": memory.transcript or placeholder(turn)}]
+                memory.samples = None
                 freed += 1
         return freed
 
     def needs_transcript(self) -> list[ContextTurn]:
-        """User turns with no transcript yet, oldest first (the ones to fall out of budget first)."""
-        return [t for t in self.user_turns if t.transcript is None]
+        """Spoken user turns with no transcript yet, oldest first (the ones to fall out of budget first)."""
+        return [t for t in self.user_turns if t.audio is not None and t.transcript is None]
+
+
+def decode_wav(data: str) -> np.ndarray:
+    """A base64 audio file (an ``input_audio`` part) as mono float32 at 16 kHz."""
+    samples, rate = sf.read(io.BytesIO(base64.b64decode(data)), dtype="float32", always_2d=True)
+    return resample(samples.mean(axis=1), rate, SAMPLE_RATE)
 
 
 def utterance_samples(frame: UserUtteranceFrame) -> np.ndarray:

@@ -1,10 +1,16 @@
-"""Voxtral stage: hears each user utterance and streams its answer, one inference per turn.
+"""Voxtral stage: a pipecat ``LLMService`` that hears each user turn and streams its answer.
 
-A ``UserUtteranceFrame`` (the turn stage's whole utterance) becomes exactly one request to the
-model on the session's conversation: earlier user turns as audio (within the audio budget) or as
-text, earlier answers as the text the bot actually said, the new turn as audio. The answer goes
-downstream as ``LLMFullResponseStartFrame``, one ``LLMTextFrame`` per token as soon as it decodes,
-then ``LLMFullResponseEndFrame``, so the chunker and TTS can start on the first word.
+A spoken turn becomes exactly one request to the model on the session's conversation, pipecat's
+``LLMContext``: earlier user turns as audio (within the audio budget) or as text, earlier answers
+as the text the bot actually said, the new turn as audio. The turn comes either from the project's
+turn stage (a ``UserUtteranceFrame``) or, in pipecat's canonical pipeline
+(``transport.input() -> user_aggregator -> voxtral -> tts -> transport.output() ->
+assistant_aggregator``), as the ``InputAudioRawFrame``\ s between the user aggregator's
+``UserStartedSpeakingFrame`` and ``UserStoppedSpeakingFrame`` (as pipecat's
+``NvidiaOmniLLMService`` does). ``LLMContextFrame``, ``LLMRunFrame`` and
+``LLMMessagesAppendFrame`` start completions too (typed input, tool results, a greeting). The
+answer goes downstream as ``LLMFullResponseStartFrame``, one ``LLMTextFrame`` per token as soon as
+it decodes, then ``LLMFullResponseEndFrame``, so the chunker and TTS can start on the first word.
 
 The model runs in the shared :class:`~voxtral_pipeline.processors.voxtral.engine.VoxtralEngine`
 (``backend = "transformers"``) or on a vLLM server (``backend = "vllm"``). This stage holds only
@@ -19,7 +25,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,17 +40,31 @@ from pipecat.frames.frames import (
     FunctionCallInProgressFrame,
     FunctionCallResultFrame,
     FunctionCallsStartedFrame,
+    InputAudioRawFrame,
     InterruptionFrame,
+    LLMContextFrame,
     LLMFullResponseEndFrame,
     LLMFullResponseStartFrame,
+    LLMMessagesAppendFrame,
+    LLMMessagesUpdateFrame,
+    LLMRunFrame,
+    LLMServiceMetadataFrame,
+    LLMSetToolsFrame,
     LLMTextFrame,
+    LLMUpdateSettingsFrame,
+    TranscriptionFrame,
     TTSSpeakFrame,
+    UserStartedSpeakingFrame,
+    UserStoppedSpeakingFrame,
 )
 from pipecat.metrics.metrics import LLMTokenUsage
-from pipecat.processors.frame_processor import FrameDirection, FrameProcessor, FrameProcessorSetup
-from pipecat.services.llm_service import FunctionCallParams
+from pipecat.processors.aggregators.llm_context import LLMContext
+from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
+from pipecat.services.llm_service import FunctionCallParams, LLMService
 from pipecat.utils.errors import ErrorCategory
+from pipecat.utils.time import time_now_iso8601
 
+from voxtral_pipeline.audio import float_to_pcm16, pcm16_to_float, resample
 from voxtral_pipeline.config import VoxtralConfig
 from voxtral_pipeline.frames import (
     BotSpokenTextFrame,
@@ -53,7 +73,7 @@ from voxtral_pipeline.frames import (
     UserTurnIgnoredFrame,
     UserUtteranceFrame,
 )
-from voxtral_pipeline.languages import instructions_for, language
+from voxtral_pipeline.languages import language
 from voxtral_pipeline.models.voxtral import (
     SAMPLE_RATE,
     ConversationTurn,
@@ -62,6 +82,7 @@ from voxtral_pipeline.models.voxtral import (
     build_conversation,
     load_voxtral,
 )
+from voxtral_pipeline.processors.voxtral.adapter import VoxtralLLMAdapter, message_text
 from voxtral_pipeline.processors.voxtral.context import (
     ContextTurn,
     VoxtralContext,
@@ -69,6 +90,7 @@ from voxtral_pipeline.processors.voxtral.context import (
     utterance_samples,
 )
 from voxtral_pipeline.processors.voxtral.engine import EngineRequest, EngineResult, VoxtralEngine
+from voxtral_pipeline.processors.voxtral.settings import VoxtralLLMSettings
 from voxtral_pipeline.processors.voxtral.speculation import Speculation, SpeculativeStarts
 from voxtral_pipeline.processors.voxtral.tools import (
     FunctionHandler,
@@ -81,6 +103,10 @@ from voxtral_pipeline.processors.voxtral.tools import (
 )
 from voxtral_pipeline.processors.voxtral.vllm import VLLMClient
 
+#: Where spoken turns come from: pipecat's user aggregator (its ``UserStarted/StoppedSpeakingFrame``
+#: around the ``InputAudioRawFrame``\ s) or the project's turn stage (``UserUtteranceFrame``).
+TurnSource = Literal["pipecat", "utterance"]
+PRE_SPEECH_SECS = 0.2  # audio kept from before the aggregator's turn start (as NvidiaOmni keeps)
 WARMUP_SECS = 1.0
 WARMUP_NEW_TOKENS = 2
 _END = object()  # queue sentinel: the engine is done with this turn
@@ -107,16 +133,23 @@ class _Turn:
         return "".join(self.text_parts)
 
 
-class VoxtralLLMService(FrameProcessor):
-    """Speech-in, text-out LLM stage on Voxtral (shared in-process engine, or vLLM).
+class VoxtralLLMService(LLMService):
+    """Speech-in, text-out pipecat ``LLMService`` on Voxtral (shared in-process engine, or vLLM).
 
-    Consumes ``UserUtteranceFrame``; forwards every other frame. Per-turn numbers are kept in
-    :attr:`turn_stats` and the conversation in :attr:`context`. A turn whose generation fails
-    sends a non-fatal ``ErrorFrame`` upstream and :attr:`error_reply` to be spoken, kept out of the
-    conversation, so the user hears why nothing (or only part of an answer) came and asks again: by
-    default (None) the session language's apology; an empty string says nothing.
+    Answers spoken turns (see the module docstring for where they come from) and the completions
+    pipecat asks for (``LLMContextFrame``, ``LLMRunFrame``, ``LLMMessagesAppendFrame``); applies
+    ``LLMUpdateSettingsFrame`` (temperature, max tokens, system instruction) and
+    ``LLMSetToolsFrame``; forwards every other frame. Idle-time transcripts of earlier turns go
+    upstream as ``TranscriptionFrame``\ s. Per-turn numbers are kept in :attr:`turn_stats` and the
+    conversation in :attr:`context` (its ``LLMContext`` is :attr:`llm_context`). A turn whose
+    generation fails sends a non-fatal ``ErrorFrame`` upstream and :attr:`error_reply` to be spoken,
+    kept out of the conversation, so the user hears why nothing (or only part of an answer) came
+    and asks again: by default (None) the session language's apology; an empty string says nothing.
     """
 
+    Settings = VoxtralLLMSettings
+    _settings: VoxtralLLMSettings
+    adapter_class = VoxtralLLMAdapter
     error_reply: str | None = None
 
     def __init__(
@@ -129,6 +162,10 @@ class VoxtralLLMService(FrameProcessor):
         session_id: str | None = None,
         min_new_tokens: int = 0,
         tools: ToolsSchema | list[FunctionSchema] | None = None,
+        context: LLMContext | None = None,
+        settings: VoxtralLLMSettings | None = None,
+        turns: TurnSource = "pipecat",
+        record_answers: bool | None = None,
         **kwargs,
     ):
         """Initialize the stage.
@@ -144,9 +181,19 @@ class VoxtralLLMService(FrameProcessor):
             min_new_tokens: Do not stop at EOS before this many tokens (benchmarks: fixed lengths).
             tools: Functions offered to the model (pipecat schemas); register their handlers with
                 :meth:`register_function` (or give them in the schemas). See docs/tools.md.
-            **kwargs: Passed to ``FrameProcessor``.
+            context: The conversation, shared with an ``LLMContextAggregatorPair``; a new one
+                otherwise (an ``LLMContextFrame`` replaces it).
+            settings: Runtime-updatable settings over those of ``config``.
+            turns: ``"pipecat"``: spoken turns are the audio between the user aggregator's
+                turn frames; ``"utterance"``: the turn stage's ``UserUtteranceFrame``\ s only.
+            record_answers: Write the answers into the context. By default only while no
+                assistant aggregator does (no ``context`` given and no ``LLMContextFrame`` seen).
+            **kwargs: Passed to ``LLMService``.
         """
-        super().__init__(**kwargs)
+        merged = VoxtralLLMSettings.from_config(config)
+        if settings is not None:
+            merged.apply_update(settings)
+        super().__init__(settings=merged, **kwargs)
         self._config = config
         self._engine = engine
         self._bundle = bundle if bundle is not None else (engine.bundle if engine else None)
@@ -154,10 +201,14 @@ class VoxtralLLMService(FrameProcessor):
         self.session_id = session_id or uuid.uuid4().hex
         self._min_new_tokens = min_new_tokens
         self._context = VoxtralContext(
-            instructions_for(config.instructions, config.language),
+            lambda: self._settings.system_instruction or None,
             config.history_audio_turns,
             max_user_turns=config.max_history_turns,
+            llm_context=context,
         )
+        self._record_answers = record_answers
+        self._aggregated = context is not None  # an assistant aggregator records the answers
+        self._turn_source: TurnSource = turns
         self._tools = ToolRegistry(tools)
         self._turn_stats: list[dict[str, Any]] = []
         self._turn: _Turn | None = None
@@ -169,6 +220,11 @@ class VoxtralLLMService(FrameProcessor):
         self._vllm: VLLMClient | None = None
         self._idle_task: asyncio.Task | None = None
         self._idle_cancel: threading.Event | None = None
+        self._speech = _SpeechBuffer()
+        # Transcripts pushed upstream: the user aggregator writes them back as user messages,
+        # which the audio turns they transcribe already are (removed, see _drop_echoes).
+        self._echoes: list[str] = []
+        self._answered: set[int] = set()  # ids of the messages the last completion saw
 
     # ------------------------------------------------------------------------------------------
     # Properties
@@ -184,7 +240,30 @@ class VoxtralLLMService(FrameProcessor):
 
     @property
     def context(self) -> VoxtralContext:
+        """The conversation: the ``LLMContext`` and the audio memory of the spoken turns."""
         return self._context
+
+    @property
+    def llm_context(self) -> LLMContext:
+        return self._context.llm_context
+
+    @property
+    def turn_source(self) -> TurnSource:
+        """Where spoken turns come from (see ``turns`` in ``__init__``); set before the pipeline starts."""
+        return self._turn_source
+
+    @turn_source.setter
+    def turn_source(self, value: TurnSource) -> None:
+        self._turn_source = value
+
+    @property
+    def records_answers(self) -> bool:
+        """Whether this stage writes its answers into the context (no assistant aggregator does)."""
+        return (not self._aggregated) if self._record_answers is None else self._record_answers
+
+    def service_metadata_frame(self) -> LLMServiceMetadataFrame:
+        """Realtime when hearing the user directly: the user aggregator then waits for no transcript."""
+        return LLMServiceMetadataFrame(service_name=self.name, is_realtime_service=self._turn_source == "pipecat")
 
     # ------------------------------------------------------------------------------------------
     # Tools (the shape of pipecat's LLMService API)
@@ -294,6 +373,40 @@ class VoxtralLLMService(FrameProcessor):
         if self._vllm is not None:
             await self._vllm.close()
 
+    async def run_inference(
+        self,
+        context: LLMContext,
+        max_tokens: int | None = None,
+        system_instruction: str | None = None,
+        response_schema: dict[str, Any] | None = None,
+    ) -> str | None:
+        """A one-shot completion of ``context`` outside the conversation (flows' summaries, classifiers).
+
+        Its audio is heard as audio; it uses no session's KV cache and counts as no user turn.
+        """
+        self._check_response_schema(response_schema)
+        instructions = system_instruction if system_instruction is not None else self._settings.system_instruction
+        request = self.get_llm_adapter().voxtral_request(context, instructions=instructions or None)
+        if request.dropped:
+            logger.warning(f"{self}: run_inference left out: {'; '.join(request.dropped)}")
+        sampling = self._sampling()
+        if max_tokens is not None:
+            sampling["max_new_tokens"] = max_tokens
+        if self._vllm is not None:
+            body = self._vllm.chat_body(
+                request.messages,
+                max_tokens=sampling["max_new_tokens"],
+                temperature=sampling["temperature"],
+                top_p=sampling["top_p"],
+            )
+            parts = [t async for t in self._vllm.stream_chat(body, EngineResult(), {})]
+            return "".join(parts).strip() or None
+        if self._engine is None:
+            raise RuntimeError("run_inference() before the Voxtral model was loaded (setup)")
+        one_shot = EngineRequest(session_id="", conversation=request.messages, **sampling)
+        result = await asyncio.wrap_future(self._engine.submit(one_shot))
+        return result.text.strip() or None
+
     def _warmup_request(self) -> EngineRequest:
         turn = ConversationTurn(
             "user", audio=audio_content_part(np.zeros(int(WARMUP_SECS * SAMPLE_RATE), np.float32))
@@ -306,6 +419,8 @@ class VoxtralLLMService(FrameProcessor):
         )
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
+        # LLMService: settings updates, function calls cancelled at an interruption, tool
+        # handlers advertised in a context frame registered.
         await super().process_frame(frame, direction)
 
         if isinstance(frame, UserUtteranceFrame):
@@ -314,12 +429,29 @@ class VoxtralLLMService(FrameProcessor):
             await self._speculation.start(self, frame)
         elif isinstance(frame, SpeculationCancelFrame):
             await self._speculation.discard(self, "the user went on speaking")
+        elif isinstance(frame, LLMContextFrame):
+            await self._on_context_frame(frame)
+        elif isinstance(frame, LLMRunFrame):
+            await self._start_text_turn("run")
+        elif isinstance(frame, (LLMMessagesAppendFrame, LLMMessagesUpdateFrame)):
+            if isinstance(frame, LLMMessagesAppendFrame):
+                self.llm_context.add_messages(frame.messages)
+            else:
+                self.llm_context.set_messages(frame.messages)
+            if frame.run_llm:
+                await self._start_text_turn("messages")
+        elif isinstance(frame, LLMSetToolsFrame):
+            self.llm_context.set_tools(frame.tools)
+            self._sync_registered_tool_handlers(frame.tools)
+        elif isinstance(frame, LLMUpdateSettingsFrame):
+            pass  # applied (or passed on, when meant for another service) by LLMService
         elif isinstance(frame, BotSpokenTextFrame):
             self._on_spoken(frame)
             await self.push_frame(frame, direction)
         elif isinstance(frame, InterruptionFrame):
             await self._speculation.discard(self, "interrupted")
             await self._stop_turn()
+            self._speech.interrupted()
             await self.push_frame(frame, direction)
         elif isinstance(frame, EndFrame):
             # A graceful end lets the answer in progress finish (max_new_tokens bounds it).
@@ -334,15 +466,74 @@ class VoxtralLLMService(FrameProcessor):
             await self.push_frame(frame, direction)
         else:
             await self.push_frame(frame, direction)
+            if self._turn_source == "pipecat":
+                await self._on_aggregator_frame(frame)
+
+    async def _on_aggregator_frame(self, frame: Frame) -> None:
+        """Spoken turns in pipecat's pipeline: the audio between the user aggregator's turn frames."""
+        if isinstance(frame, InputAudioRawFrame):
+            self._speech.add(frame)
+        elif isinstance(frame, UserStartedSpeakingFrame):
+            self._speech.start()
+        elif isinstance(frame, UserStoppedSpeakingFrame):
+            utterance = self._speech.stop()
+            if utterance is not None:
+                await self._start_turn(utterance)
+
+    async def _on_context_frame(self, frame: LLMContextFrame) -> None:
+        """Adopt the aggregators' context; answer it when it holds something new to answer."""
+        self._aggregated = True
+        if frame.context is not self.llm_context:
+            self._context.use(frame.context)
+            self._answered = set()
+        self._drop_echoes()
+        if self._needs_answer():
+            await self._start_text_turn("context")
+
+    def _needs_answer(self) -> bool:
+        """A user, developer or tool message after the last answer that no completion has seen yet.
+
+        The aggregators send the context again for what was already answered (a spoken turn this
+        stage wrote itself, an answer they recorded): those start nothing.
+        """
+        for m in reversed(self.llm_context.get_messages()):
+            if not isinstance(m, dict):
+                continue
+            role = m.get("role")
+            if role == "assistant":
+                return False
+            if role in ("user", "developer", "tool") and id(m) not in self._answered:
+                return True
+        return False
+
+    def _drop_echoes(self) -> None:
+        """Remove user messages that only repeat a transcript of a spoken turn already in the context."""
+        if not self._echoes:
+            return
+        messages = self.llm_context.get_messages()
+        kept = []
+        for m in messages:
+            if (
+                isinstance(m, dict)
+                and m.get("role") == "user"
+                and isinstance(m.get("content"), str)
+                and m["content"].strip() in self._echoes
+            ):
+                self._echoes.remove(m["content"].strip())
+                continue
+            kept.append(m)
+        if len(kept) != len(messages):
+            self.llm_context.set_messages(kept)
 
     # ------------------------------------------------------------------------------------------
     # Turns
 
-    def _new_stats(self, frame: UserUtteranceFrame) -> dict[str, Any]:
+    def _new_stats(self, speech_end_time: float, audio_secs: float, trigger: str) -> dict[str, Any]:
         return {
             "turn": len(self._turn_stats),
-            "speech_end_time": frame.speech_end_time,
-            "audio_secs": frame.duration_secs,
+            "trigger": trigger,
+            "speech_end_time": speech_end_time,
+            "audio_secs": audio_secs,
             "dropped": None,
             "prompt_tokens": None,
             "audio_tokens": None,
@@ -368,7 +559,7 @@ class VoxtralLLMService(FrameProcessor):
         await self._cancel_idle_work()
         if self._turn is not None:
             await self._stop_turn()
-        stats = self._new_stats(frame)
+        stats = self._new_stats(frame.speech_end_time, frame.duration_secs, "audio")
         if not speculative:  # a speculative turn's stats are kept only if it is confirmed
             self._turn_stats.append(stats)
         c = self._config
@@ -397,7 +588,25 @@ class VoxtralLLMService(FrameProcessor):
         else:
             self._turn = turn
             await self.start_ttfb_metrics(start_time=frame.speech_end_time)
+        self._answered = {id(m) for m in self.llm_context.get_messages()}
         turn.task = self.create_task(self._run_turn(turn), f"generate-turn-{turn.index}")
+
+    async def _start_text_turn(self, trigger: str) -> None:
+        """A completion pipecat asked for (context frame, ``LLMRunFrame``, appended messages)."""
+        if self._speculation.turn is not None:
+            await self._speculation.discard(self, f"a completion was requested ({trigger})")
+        await self._cancel_idle_work()
+        if self._turn is not None:
+            await self._stop_turn()
+        if self._engine is None and self._vllm is None:
+            await self.push_error("Voxtral was asked for a completion before its model was loaded")
+            return
+        stats = self._new_stats(time.time(), 0.0, trigger)
+        self._turn_stats.append(stats)
+        turn = self._turn = _Turn(index=stats["turn"], stats=stats)
+        self._answered = {id(m) for m in self.llm_context.get_messages()}
+        await self.start_ttfb_metrics()
+        turn.task = self.create_task(self._run_turn(turn), f"generate-{trigger}-{turn.index}")
 
     async def _push_answer(self, turn: _Turn, frame: Frame) -> None:
         """Push a frame of the answer, or hold it while the answer is speculative."""
@@ -486,10 +695,15 @@ class VoxtralLLMService(FrameProcessor):
         for round_index in range(rounds + 1):
             stream = ToolCallStream()
             self._generate_calls += 1
+            max_audios = self._config.vllm.max_audios if self._vllm is not None else None
+            request = self._context.request(max_audios=max_audios)
+            if request.dropped and round_index == 0:
+                # What Voxtral cannot take is named once; the rest of the turn is answered.
+                await self.push_error(f"Voxtral left out of the context: {'; '.join(request.dropped)}")
             if self._vllm is not None:
-                result = await self._answer_vllm(turn, stream)
+                result = await self._answer_vllm(turn, stream, request.messages)
             else:
-                result = await self._answer_local(turn, stream)
+                result = await self._answer_local(turn, stream, request.messages)
             total = result if total is None else _merged(total, result)
             calls = stream.calls()
             if not calls:
@@ -614,7 +828,27 @@ class VoxtralLLMService(FrameProcessor):
         turn.stats["fillers"] = turn.stats.get("fillers", 0) + 1
         await self._emit(turn, f"{space}{text} ")
 
-    async def _answer_local(self, turn: _Turn, stream: ToolCallStream) -> EngineResult:
+    def _sampling(self) -> dict[str, Any]:
+        """The sampling settings as they are now (``LLMUpdateSettingsFrame`` changes them)."""
+        st, c = self._settings, self._config
+        return {
+            "max_new_tokens": st.max_tokens if isinstance(st.max_tokens, int) else c.max_new_tokens,
+            "temperature": st.temperature if isinstance(st.temperature, (int, float)) else c.temperature,
+            "top_p": st.top_p if isinstance(st.top_p, (int, float)) else c.top_p,
+        }
+
+    def _offered_tools(self) -> list[dict[str, Any]] | None:
+        """Functions offered to the model: the stage's own and the context's (``LLMSetToolsFrame``)."""
+        tools = self._tools.mistral_tools()
+        ctx_tools = self.llm_context.tools
+        if isinstance(ctx_tools, ToolsSchema) and ctx_tools.standard_tools:
+            own = {t["function"]["name"] for t in tools}
+            for t in self.get_llm_adapter().to_provider_tools_format(ctx_tools):
+                if t["function"]["name"] not in own:
+                    tools.append(dict(t))
+        return tools or None
+
+    async def _answer_local(self, turn: _Turn, stream: ToolCallStream, messages: list[dict[str, Any]]) -> EngineResult:
         assert self._engine is not None
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -623,16 +857,15 @@ class VoxtralLLMService(FrameProcessor):
         def on_delta(text: str, n_tokens: int) -> None:  # on the engine thread
             _call_soon(loop, queue.put_nowait, text)
 
+        seed = self._settings.seed if isinstance(self._settings.seed, int) else c.seed
         turn.request = EngineRequest(
             session_id=self.session_id,
-            conversation=self._context.render(),
+            conversation=messages,
             on_delta=on_delta,
-            max_new_tokens=c.max_new_tokens,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            seed=None if c.seed is None else c.seed + turn.index,
+            seed=None if seed is None else seed + turn.index,
             min_new_tokens=self._min_new_tokens,
-            tools=self._tools.mistral_tools() or None,
+            tools=self._offered_tools(),
+            **self._sampling(),
         )
         future = asyncio.wrap_future(self._engine.submit(turn.request))
         future.add_done_callback(lambda _: queue.put_nowait(_END))
@@ -641,15 +874,16 @@ class VoxtralLLMService(FrameProcessor):
         # Deltas scheduled before the end marker are all in the queue ahead of it.
         return future.result()
 
-    async def _answer_vllm(self, turn: _Turn, stream: ToolCallStream) -> EngineResult:
+    async def _answer_vllm(self, turn: _Turn, stream: ToolCallStream, messages: list[dict[str, Any]]) -> EngineResult:
         assert self._vllm is not None
         c = self._config
+        sampling = self._sampling()
         body = self._vllm.chat_body(
-            self._context.render(max_audios=c.vllm.max_audios),
-            max_tokens=c.max_new_tokens,
-            temperature=c.temperature,
-            top_p=c.top_p,
-            tools=self._tools.mistral_tools() or None,
+            messages,
+            max_tokens=sampling["max_new_tokens"],
+            temperature=sampling["temperature"],
+            top_p=sampling["top_p"],
+            tools=self._offered_tools(),
         )
         result = EngineResult()
         deltas: dict[int, dict[str, str]] = {}
@@ -693,8 +927,9 @@ class VoxtralLLMService(FrameProcessor):
             return
         turn.closed = True
         turn.stats["text"] = turn.text
-        said = self._context.add_assistant(turn.text[turn.context_chars :])
-        self._unplayed = (said, turn.context_chars)
+        if self.records_answers:  # else pipecat's assistant aggregator records what was spoken
+            said = self._context.add_assistant(turn.text[turn.context_chars :])
+            self._unplayed = (said, turn.context_chars)
         if self._turn is turn:
             self._turn = None
 
@@ -739,7 +974,7 @@ class VoxtralLLMService(FrameProcessor):
             and self._config.kv_cache
             # Tools are rendered before the *last* user turn (Mistral tokenizers before v13), so
             # with tools the next prompt always differs from the cached one there.
-            and (ctx.audio_limit(upcoming=1) > ctx.audio_limit() or bool(self._tools))
+            and (ctx.audio_limit(upcoming=1) > ctx.audio_limit() or bool(self._offered_tools()))
         )
 
     async def _cancel_idle_work(self) -> None:
@@ -781,14 +1016,22 @@ class VoxtralLLMService(FrameProcessor):
                 logger.warning(f"{self}: transcript failed: {type(e).__name__}: {e}")
                 return
             turn.transcript = text
-            changed = changed or any(t is turn for t in users[:limit])
+            changed = changed or any(t.message is turn.message for t in users[:limit])
+            if text:
+                # For the user aggregator and RTVI clients: what the user said in that turn.
+                self._echoes.append(text)
+                del self._echoes[:-16]
+                await self.push_frame(
+                    TranscriptionFrame(text=text, user_id="", timestamp=time_now_iso8601(), result=text),
+                    FrameDirection.UPSTREAM,
+                )
         if changed and self._engine is not None and c.kv_cache and not cancel.is_set():
             # The next turn will see these transcripts: prefill that context now, while idle.
             refresh = EngineRequest(
                 session_id=self.session_id,
                 kind="refresh",
                 conversation=self._context.render(upcoming=1),
-                tools=self._tools.mistral_tools() or None,
+                tools=self._offered_tools(),
                 cancel=cancel,
             )
             try:
@@ -814,6 +1057,60 @@ def shared_bundle(config: VoxtralConfig) -> VoxtralBundle:
         )
         _SHARED[key] = bundle
     return bundle
+
+
+class _SpeechBuffer:
+    """The user's audio between the user aggregator's turn frames, with a short pre-speech margin."""
+
+    def __init__(self) -> None:
+        self._chunks: list[InputAudioRawFrame] = []
+        self._speaking = False
+        self._started_at = 0.0
+
+    def add(self, frame: InputAudioRawFrame) -> None:
+        self._chunks.append(frame)
+        if not self._speaking:  # keep only the pre-speech margin
+            secs = 0.0
+            for i in range(len(self._chunks) - 1, -1, -1):
+                c = self._chunks[i]
+                secs += len(c.audio) / (2 * c.num_channels * c.sample_rate)
+                if secs > PRE_SPEECH_SECS:
+                    del self._chunks[:i]
+                    break
+
+    def start(self) -> None:
+        if not self._speaking:
+            self._speaking = True
+            self._started_at = time.time()
+
+    def interrupted(self) -> None:
+        """An interruption is the start of the user's turn, not its end: keep what was heard."""
+
+    def stop(self) -> UserUtteranceFrame | None:
+        """The turn's audio as one utterance (16-bit mono at the input rate), or None if none came."""
+        if not self._speaking:
+            return None
+        self._speaking = False
+        chunks, self._chunks = self._chunks, []
+        if not chunks:
+            return None
+        rate = chunks[0].sample_rate
+        parts = []
+        for c in chunks:
+            samples = pcm16_to_float(c.audio)
+            if c.num_channels > 1:
+                samples = samples.reshape(-1, c.num_channels).mean(axis=1)
+            parts.append(resample(samples, c.sample_rate, rate))
+        pcm = float_to_pcm16(np.concatenate(parts))
+        now = time.time()
+        return UserUtteranceFrame(
+            audio=pcm,
+            sample_rate=rate,
+            speech_start_time=self._started_at,
+            speech_end_time=now,
+            vad_stop_time=now,
+            turn_end_time=now,
+        )
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:

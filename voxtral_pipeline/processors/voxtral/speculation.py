@@ -75,7 +75,7 @@ class SpeculativeStarts:
     async def start(self, service: VoxtralLLMService, frame: SpeculativeUtteranceFrame) -> None:
         """Start answering the audio so far (replacing an earlier speculation of the same turn)."""
         await self.discard(service, "a later pause superseded it")
-        if service.tools or service._turn is not None:
+        if service._offered_tools() or service._turn is not None:
             return  # functions must not run for an unfinished turn; or an answer is still streaming
         await service._start_turn(frame.utterance, speculative=True)
 
@@ -122,9 +122,7 @@ class SpeculativeStarts:
         if turn.task is not None and not turn.task.done():
             await service.cancel_task(turn.task)
         spec: Speculation = turn.speculation
-        turns = service.context.turns
-        if any(t is spec.user for t in turns):
-            turns.remove(spec.user)
+        service.context.remove(spec.user)
         spec.held.clear()
         self.discarded += 1
         service._generate_calls = spec.calls_before  # it counts inferences for confirmed turns only
