@@ -53,7 +53,7 @@ async def test_a_second_session_is_answered_within_one_quantum_of_a_long_answer(
             await ha.send(make_utterance(1.0, seed=1))
             await asyncio.to_thread(spy.gate_reached.wait, 60)
             await hb.send(make_utterance(1.0, seed=2))
-            await wait_until(lambda: engine._answer_waiting(None), "B's turn in the engine's queue")
+            await wait_until(lambda: engine.answer_waiting(), "B's turn in the engine's queue")
             spy.gate.set()
 
             async def watch(h: StageHarness, name: str) -> None:
@@ -81,7 +81,7 @@ async def test_a_second_session_is_answered_within_one_quantum_of_a_long_answer(
     assert sa["preemptions"] >= 1 and sa["generate_calls"] == sa["preemptions"] + 1
     assert sb["completion_tokens"] >= 4 and not sb["error"]
     # Yielding and resuming from the KV cache changed nothing in A's answer.
-    from voxtral_pipeline.processors.voxtral.engine import EngineRequest
+    from voxtral_pipeline.engine import EngineRequest
 
     monkeypatch.undo()
     try:

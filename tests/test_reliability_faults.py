@@ -42,13 +42,13 @@ from tests.voxtral_fixtures import (  # noqa: F401
     tiny_bundle_fixture,
 )
 from voxtral_pipeline.config import ChunkerConfig, KokoroConfig, VoxtralConfig
+from voxtral_pipeline.engine import EngineRequest
 from voxtral_pipeline.frames import DisplayTextFrame
 from voxtral_pipeline.languages import language
 from voxtral_pipeline.models.voxtral import ConversationTurn, audio_content_part, build_conversation
 from voxtral_pipeline.processors.chunker import WordChunker
 from voxtral_pipeline.processors.kokoro import KokoroTTSService
 from voxtral_pipeline.processors.voxtral import VoxtralEngine, VoxtralLLMService
-from voxtral_pipeline.processors.voxtral.engine import EngineRequest
 
 pytest_plugins = ["tests.kokoro_fixtures"]  # fixtures: kokoro_tiny
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from voxtral_pipeline.models.voxtral import SAMPLE_RATE
 from voxtral_pipeline.processors.voxtral.context import VoxtralContext
-from voxtral_pipeline.processors.voxtral.tools import ToolCall, ToolResult
+from voxtral_pipeline.processors.voxtral.tools import ToolCall
 
 
 def _speech(secs: float = 0.5) -> np.ndarray:
@@ -17,8 +17,10 @@ def _exchange(context: VoxtralContext, i: int, *, with_call: bool = False) -> No
     context.add_user(_speech())
     if with_call:
         call = ToolCall(name="lookup", arguments={"i": i})
-        context.add_tool_calls("", [call])
-        context.add_tool_result(ToolResult(call=call, result={"value": i}))
+        context.llm_context.add_message({"role": "assistant", "content": "", "tool_calls": [call.openai()]})
+        context.llm_context.add_message(
+            {"role": "tool", "tool_call_id": call.id, "content": f'{{"value": {i}}}'}
+        )
     context.add_assistant(f"answer {i}")
 
 

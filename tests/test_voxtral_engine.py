@@ -7,8 +7,8 @@ import threading
 import numpy as np
 
 from tests.voxtral_fixtures import WAIT_TIMEOUT_S, tiny_bundle_fixture  # noqa: F401
+from voxtral_pipeline.engine import EngineRequest, VoxtralEngine
 from voxtral_pipeline.models.voxtral import ConversationTurn, audio_content_part, build_conversation
-from voxtral_pipeline.processors.voxtral.engine import EngineRequest, VoxtralEngine
 
 
 def _audio(seed: int, secs: float = 1.0) -> dict:

@@ -13,6 +13,7 @@ from transformers import MistralCommonBackend, VoxtralForConditionalGeneration
 
 from tests.voxtral_fixtures import tiny_bundle_fixture  # noqa: F401  (the tiny_bundle fixture)
 from voxtral_pipeline.audio import float_to_pcm16, pcm16_to_float
+from voxtral_pipeline.engine import EngineRequest, EngineResult, VoxtralEngine
 from voxtral_pipeline.models import HUB_PROBE_TIMEOUT_S, ModelUnavailableError
 from voxtral_pipeline.models import voxtral as vx
 from voxtral_pipeline.models.tekken import (
@@ -33,7 +34,6 @@ from voxtral_pipeline.models.voxtral import (
     build_conversation,
     load_voxtral,
 )
-from voxtral_pipeline.processors.voxtral.engine import EngineRequest, EngineResult, VoxtralEngine
 
 
 def _generate(bundle, conversation, **kwargs) -> EngineResult:

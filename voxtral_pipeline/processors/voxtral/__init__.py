@@ -1,16 +1,23 @@
 """The Voxtral stage: speech in, streamed text out, one inference per user turn.
 
-* :mod:`.processor`: :class:`VoxtralLLMService`, the per-session pipecat stage (conversation,
-  streaming, metrics, interruption, idle-time transcripts).
-* :mod:`.engine`: :class:`VoxtralEngine`, the in-process model engine shared by every session
-  (queue with preemption, per-session KV caches).
-* :mod:`.context`: the session's conversation and how it is rendered under the audio budget.
+* :mod:`.processor`: :class:`VoxtralLLMService`, the per-session pipecat ``LLMService``
+  (conversation, streaming, metrics, interruption, idle-time transcripts).
+* :mod:`.settings`: :class:`VoxtralLLMSettings`, its runtime-updatable settings.
+* :mod:`.context`: the session's ``LLMContext`` with the audio memory of its spoken turns.
+* :mod:`.adapter`: :class:`VoxtralLLMAdapter`, ``LLMContext`` to mistral-common's request.
+* :mod:`.tools` / :mod:`.tool_round`: Voxtral's calls in its token stream; a round of calls run
+  by pipecat's function-calling machinery.
+* :mod:`.speculation`: answers started at the VAD stop, held until the turn is confirmed.
 * :mod:`.vllm`: :class:`VLLMClient`, the same stage on a vLLM server.
+
+The in-process model engine shared by every session is :mod:`voxtral_pipeline.engine`.
 """
 
+from voxtral_pipeline.engine import EngineRequest, EngineResult, VoxtralEngine
+from voxtral_pipeline.processors.voxtral.adapter import VoxtralLLMAdapter
 from voxtral_pipeline.processors.voxtral.context import VoxtralContext
-from voxtral_pipeline.processors.voxtral.engine import EngineRequest, EngineResult, VoxtralEngine
 from voxtral_pipeline.processors.voxtral.processor import VoxtralLLMService
+from voxtral_pipeline.processors.voxtral.settings import VoxtralLLMSettings
 from voxtral_pipeline.processors.voxtral.vllm import VLLMClient, VLLMError
 
 __all__ = [
@@ -20,5 +27,7 @@ __all__ = [
     "VLLMError",
     "VoxtralContext",
     "VoxtralEngine",
+    "VoxtralLLMAdapter",
     "VoxtralLLMService",
+    "VoxtralLLMSettings",
 ]

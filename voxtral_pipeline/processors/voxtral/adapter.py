@@ -88,7 +88,9 @@ class VoxtralLLMAdapter(OpenAILLMAdapter):
             elif role in ("user", "developer"):
                 text = as_text(message) if audio_data(message) else None
                 content = (
-                    [{"type": "text", "text": text}] if text is not None else self._user_parts(message, i, dropped)
+                    [{"type": "text", "text": text}]
+                    if text is not None
+                    else self._user_parts(message, i, dropped)
                 )
                 if content:
                     _append_user(out, content)
@@ -99,7 +101,11 @@ class VoxtralLLMAdapter(OpenAILLMAdapter):
                 elif text:  # an answer cut off before its first word is left out (the validator rejects it)
                     out.append({"role": "assistant", "content": text})
             elif role == "tool":
-                tool = {"role": "tool", "tool_call_id": message.get("tool_call_id"), "content": _tool_content(message)}
+                tool = {
+                    "role": "tool",
+                    "tool_call_id": message.get("tool_call_id"),
+                    "content": _tool_content(message),
+                }
                 if message.get("name"):
                     tool["name"] = message["name"]
                 out.append(tool)
@@ -124,7 +130,9 @@ class VoxtralLLMAdapter(OpenAILLMAdapter):
             elif kind == "audio":  # already mistral-common's shape
                 parts.append(part)
             else:
-                dropped.append(f"a {kind or 'malformed'} part of message {index} (Voxtral hears audio and reads text)")
+                dropped.append(
+                    f"a {kind or 'malformed'} part of message {index} (Voxtral hears audio and reads text)"
+                )
         # mistral-common wants the audio before the text of a turn (as build_conversation puts it).
         return [p for p in parts if p["type"] == "audio"] + [p for p in parts if p["type"] == "text"]
 

@@ -26,8 +26,12 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from voxtral_pipeline.audio import pcm16_to_float, resample
 from voxtral_pipeline.frames import UserUtteranceFrame
 from voxtral_pipeline.models.voxtral import SAMPLE_RATE, audio_content_part
-from voxtral_pipeline.processors.voxtral.adapter import VoxtralLLMAdapter, VoxtralRequest, audio_data, message_text
-from voxtral_pipeline.processors.voxtral.tools import ToolCall, ToolResult
+from voxtral_pipeline.processors.voxtral.adapter import (
+    VoxtralLLMAdapter,
+    VoxtralRequest,
+    audio_data,
+    message_text,
+)
 
 CHUNK_SECS = 30.0
 
@@ -134,10 +138,9 @@ class VoxtralContext:
         data = audio_data(message)
         if message.get("role") != "user" or not data:
             return None
-        for kept_message, memory in self._audio.values():  # the same audio in a copied message
-            if audio_data(kept_message)[:1] == data[:1]:
-                break
-        else:
+        # The same audio in a copied message keeps its memory; audio from elsewhere is decoded.
+        memory = next((mem for kept, mem in self._audio.values() if audio_data(kept)[:1] == data[:1]), None)
+        if memory is None:
             samples = np.concatenate([decode_wav(d) for d in data])
             memory = UserAudio(samples, len(samples) / SAMPLE_RATE)
         self._audio[id(message)] = (message, memory)
@@ -145,16 +148,21 @@ class VoxtralContext:
 
     @property
     def turns(self) -> list[ContextTurn]:
-        return [ContextTurn(m, self._memory(m)) for m in self.llm_context.get_messages() if isinstance(m, dict)]
+        return [
+            ContextTurn(m, self._memory(m)) for m in self.llm_context.get_messages() if isinstance(m, dict)
+        ]
 
     @property
     def user_turns(self) -> list[ContextTurn]:
         return [t for t in self.turns if t.role == "user"]
 
     def add_user(self, audio: np.ndarray) -> ContextTurn:
-        """A spoken turn: an ``input_audio`` (base64 WAV) message, the shape ``create_audio_message`` makes."""
+        """A spoken turn: an ``input_audio`` (base64 WAV) message, as ``create_audio_message`` makes it."""
         data = audio_content_part(audio, SAMPLE_RATE)["base64"]
-        message = {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}]}
+        message = {
+            "role": "user",
+            "content": [{"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}],
+        }
         memory = UserAudio(audio, len(audio) / SAMPLE_RATE)
         self._audio[id(message)] = (message, memory)
         self.llm_context.add_message(message)  # type: ignore[arg-type]
@@ -198,22 +206,6 @@ class VoxtralContext:
 
     def add_assistant(self, text: str) -> ContextTurn:
         message = {"role": "assistant", "content": text}
-        self.llm_context.add_message(message)  # type: ignore[arg-type]
-        return ContextTurn(message, None)
-
-    def add_tool_calls(self, text: str, calls: list[ToolCall]) -> ContextTurn:
-        """The model's calls, with what it said before them in the same answer."""
-        message = {"role": "assistant", "content": text, "tool_calls": [c.openai() for c in calls]}
-        self.llm_context.add_message(message)  # type: ignore[arg-type]
-        return ContextTurn(message, None)
-
-    def add_tool_result(self, result: ToolResult) -> ContextTurn:
-        message = {
-            "role": "tool",
-            "content": result.content(),
-            "tool_call_id": result.call.id,
-            "name": result.call.name,
-        }
         self.llm_context.add_message(message)  # type: ignore[arg-type]
         return ContextTurn(message, None)
 

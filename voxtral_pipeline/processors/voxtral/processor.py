@@ -12,7 +12,7 @@ assistant_aggregator``), as the ``InputAudioRawFrame``\ s between the user aggre
 answer goes downstream as ``LLMFullResponseStartFrame``, one ``LLMTextFrame`` per token as soon as
 it decodes, then ``LLMFullResponseEndFrame``, so the chunker and TTS can start on the first word.
 
-The model runs in the shared :class:`~voxtral_pipeline.processors.voxtral.engine.VoxtralEngine`
+The model runs in the shared :class:`~voxtral_pipeline.engine.VoxtralEngine`
 (``backend = "transformers"``) or on a vLLM server (``backend = "vllm"``). This stage holds only
 the session: its conversation, its turn in flight and its idle-time work (transcripts of earlier
 turns, a cache refresh), which is cancelled the instant a new turn arrives.
@@ -36,10 +36,8 @@ from pipecat.frames.frames import (
     CancelFrame,
     EndFrame,
     Frame,
-    FunctionCallFromLLM,
-    FunctionCallInProgressFrame,
+    FunctionCallCancelFrame,
     FunctionCallResultFrame,
-    FunctionCallsStartedFrame,
     InputAudioRawFrame,
     InterruptionFrame,
     LLMContextFrame,
@@ -60,12 +58,13 @@ from pipecat.frames.frames import (
 from pipecat.metrics.metrics import LLMTokenUsage
 from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
-from pipecat.services.llm_service import FunctionCallParams, LLMService
+from pipecat.services.llm_service import LLMService
 from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.time import time_now_iso8601
 
 from voxtral_pipeline.audio import float_to_pcm16, pcm16_to_float, resample
 from voxtral_pipeline.config import VoxtralConfig
+from voxtral_pipeline.engine import EngineRequest, EngineResult, VoxtralEngine
 from voxtral_pipeline.frames import (
     BotSpokenTextFrame,
     SpeculationCancelFrame,
@@ -82,24 +81,21 @@ from voxtral_pipeline.models.voxtral import (
     build_conversation,
     load_voxtral,
 )
-from voxtral_pipeline.processors.voxtral.adapter import VoxtralLLMAdapter, message_text
+from voxtral_pipeline.processors.voxtral.adapter import VoxtralLLMAdapter
 from voxtral_pipeline.processors.voxtral.context import (
     ContextTurn,
     VoxtralContext,
     check_utterance,
     utterance_samples,
 )
-from voxtral_pipeline.processors.voxtral.engine import EngineRequest, EngineResult, VoxtralEngine
 from voxtral_pipeline.processors.voxtral.settings import VoxtralLLMSettings
 from voxtral_pipeline.processors.voxtral.speculation import Speculation, SpeculativeStarts
+from voxtral_pipeline.processors.voxtral.tool_round import IN_PROGRESS, ToolRound
 from voxtral_pipeline.processors.voxtral.tools import (
-    FunctionHandler,
     ToolCall,
     ToolCallStream,
-    ToolRegistry,
-    ToolResult,
+    check_function_name,
     openai_tool_calls,
-    run_tool_call,
 )
 from voxtral_pipeline.processors.voxtral.vllm import VLLMClient
 
@@ -193,6 +189,7 @@ class VoxtralLLMService(LLMService):
         merged = VoxtralLLMSettings.from_config(config)
         if settings is not None:
             merged.apply_update(settings)
+        kwargs.setdefault("function_call_timeout_secs", config.tools.timeout_secs)
         super().__init__(settings=merged, **kwargs)
         self._config = config
         self._engine = engine
@@ -209,7 +206,12 @@ class VoxtralLLMService(LLMService):
         self._record_answers = record_answers
         self._aggregated = context is not None  # an assistant aggregator records the answers
         self._turn_source: TurnSource = turns
-        self._tools = ToolRegistry(tools)
+        if tools is not None and not isinstance(tools, ToolsSchema):
+            tools = ToolsSchema(standard_tools=list(tools))
+        for schema in tools.standard_tools if tools is not None else []:
+            check_function_name(schema.name)
+        self._own_tools: ToolsSchema | None = tools
+        self._tool_round: ToolRound | None = None
         self._turn_stats: list[dict[str, Any]] = []
         self._turn: _Turn | None = None
         self._generate_calls = 0
@@ -263,44 +265,35 @@ class VoxtralLLMService(LLMService):
 
     def service_metadata_frame(self) -> LLMServiceMetadataFrame:
         """Realtime when hearing the user directly: the user aggregator then waits for no transcript."""
-        return LLMServiceMetadataFrame(service_name=self.name, is_realtime_service=self._turn_source == "pipecat")
-
-    # ------------------------------------------------------------------------------------------
-    # Tools (the shape of pipecat's LLMService API)
-
-    @property
-    def tools(self) -> ToolRegistry:
-        """The functions offered to the model and their handlers."""
-        return self._tools
-
-    def set_tools(self, tools: ToolsSchema | list[FunctionSchema]) -> None:
-        """Offer these functions to the model from the next request on."""
-        self._tools.set_tools(tools)
-
-    def register_function(
-        self,
-        function_name: str | None,
-        handler: FunctionHandler,
-        *,
-        cancel_on_interruption: bool = True,
-        timeout_secs: float | None = None,
-    ) -> None:
-        """Register a handler as with pipecat's ``LLMService.register_function`` (None: catch-all).
-
-        The handler gets pipecat's ``FunctionCallParams``: ``arguments``, ``result_callback``,
-        ``llm`` (this stage: ``params.llm.push_frame(EndTaskFrame(), FrameDirection.UPSTREAM)``
-        ends the call), ``context`` (the :class:`VoxtralContext`). It runs at most
-        ``timeout_secs`` (default ``voxtral.tools.timeout_secs``).
-        """
-        self._tools.register_function(
-            function_name, handler, timeout_secs=timeout_secs, cancel_on_interruption=cancel_on_interruption
+        return LLMServiceMetadataFrame(
+            service_name=self.name, is_realtime_service=self._turn_source == "pipecat"
         )
 
-    def unregister_function(self, function_name: str | None) -> None:
-        self._tools.unregister_function(function_name)
+    # ------------------------------------------------------------------------------------------
+    # Tools: pipecat's register_function / direct functions / LLMSetToolsFrame; see .tool_round
 
-    def has_function(self, function_name: str) -> bool:
-        return self._tools.has_function(function_name)
+    def _service_tools(self) -> ToolsSchema | None:
+        return self._own_tools
+
+    def _offered_tools(self) -> list[dict[str, Any]] | None:
+        """Functions offered to the model: the context's (``LLMSetToolsFrame``), then the stage's own."""
+        adapter = self.get_llm_adapter()
+        tools: dict[str, dict[str, Any]] = {}
+        for schema in (self.llm_context.tools, self._own_tools):
+            if isinstance(schema, ToolsSchema) and schema.standard_tools:
+                for t in adapter.to_provider_tools_format(schema):
+                    tools.setdefault(t["function"]["name"], dict(t))
+        return list(tools.values()) or None
+
+    async def push_frame(self, frame: Frame, direction: FrameDirection = FrameDirection.DOWNSTREAM):
+        # A call's end, as pipecat broadcasts it, settles it in the round that waits for it.
+        if (
+            self._tool_round is not None
+            and direction == FrameDirection.DOWNSTREAM
+            and isinstance(frame, (FunctionCallResultFrame, FunctionCallCancelFrame))
+        ):
+            self._tool_round.settle(frame)
+        await super().push_frame(frame, direction)
 
     @property
     def history(self) -> list[ContextTurn]:
@@ -385,7 +378,9 @@ class VoxtralLLMService(LLMService):
         Its audio is heard as audio; it uses no session's KV cache and counts as no user turn.
         """
         self._check_response_schema(response_schema)
-        instructions = system_instruction if system_instruction is not None else self._settings.system_instruction
+        instructions = (
+            system_instruction if system_instruction is not None else self._settings.system_instruction
+        )
         request = self.get_llm_adapter().voxtral_request(context, instructions=instructions or None)
         if request.dropped:
             logger.warning(f"{self}: run_inference left out: {'; '.join(request.dropped)}")
@@ -502,6 +497,8 @@ class VoxtralLLMService(LLMService):
             role = m.get("role")
             if role == "assistant":
                 return False
+            if role == "tool" and m.get("content") == IN_PROGRESS:
+                return False  # a call still running: its result will ask again
             if role in ("user", "developer", "tool") and id(m) not in self._answered:
                 return True
         return False
@@ -723,110 +720,33 @@ class VoxtralLLMService(LLMService):
         assert total is not None
         return total
 
-    def _function_params(self, call: ToolCall, result_callback: Any) -> FunctionCallParams:
-        try:
-            worker = self.pipeline_worker
-        except Exception:  # not running in a worker (a bare test)
-            worker = None
-        return FunctionCallParams(
-            function_name=call.name,
-            tool_call_id=call.id,
-            arguments=call.arguments,
-            llm=self,  # type: ignore[arg-type]  # a FrameProcessor: what handlers use (push_frame)
-            pipeline_worker=worker,  # type: ignore[arg-type]
-            context=self._context,  # type: ignore[arg-type]
-            result_callback=result_callback,
-            app_resources=getattr(worker, "app_resources", None),
-        )
-
     async def _run_tools(self, turn: _Turn, calls: list[ToolCall]) -> bool:
-        """Run a round of calls in order; put calls and results into the context.
-
-        Returns whether to generate again (False only when every result said ``run_llm=False``).
-        An interruption cancels the running handler; the calls are kept in the context with a
-        "cancelled" result, so the model knows what was (not) done.
-        """
+        """Run a round of calls through pipecat; True to answer their results in this turn."""
         said = turn.text[turn.context_chars :]
         turn.context_chars = len(turn.text)
-        self._context.add_tool_calls(said, calls)
-        records = turn.stats.setdefault("tool_calls", [])
-        await self.broadcast_frame(
-            FunctionCallsStartedFrame,
-            function_calls=[FunctionCallFromLLM(c.name, c.id, c.arguments, self._context) for c in calls],
-        )
-        results: list[ToolResult] = []
-        filler = self._start_filler(turn)
-        try:
-            for call in calls:
-                await self.broadcast_frame(
-                    FunctionCallInProgressFrame,
-                    function_name=call.name,
-                    tool_call_id=call.id,
-                    arguments=call.arguments,
-                    cancel_on_interruption=True,
-                )
-                t0 = time.perf_counter()
-                result = await run_tool_call(
-                    call,
-                    self._tools,
-                    self._function_params,
-                    timeout_secs=self._config.tools.timeout_secs,
-                    start_task=self.create_task,
-                    cancel_task=self.cancel_task,
-                )
-                results.append(result)
-                records.append(
-                    {
-                        "name": call.name,
-                        "arguments": call.arguments,
-                        "result": result.content(),
-                        "error": result.error,
-                        "ms": (time.perf_counter() - t0) * 1000,
-                    }
-                )
-                await self.broadcast_frame(
-                    FunctionCallResultFrame,
-                    function_name=call.name,
-                    tool_call_id=call.id,
-                    arguments=call.arguments,
-                    result=result.content() if result.error else result.result,
-                    properties=result.properties,
-                    error=result.error,
-                )
-        except asyncio.CancelledError:
-            for call in calls[len(results) :]:
-                results.append(ToolResult(call, error="cancelled: the user interrupted", cancelled=True))
-                records.append({"name": call.name, "arguments": call.arguments, "error": "cancelled"})
-            raise
-        finally:
-            if filler is not None and not filler.done():
-                await self.cancel_task(filler)
-            for result in results:
-                self._context.add_tool_result(result)
-        for result in results:
-            if result.properties is not None and result.properties.on_context_updated is not None:
-                await result.properties.on_context_updated()
-        return any(r.properties is None or r.properties.run_llm is not False for r in results)
-
-    def _start_filler(self, turn: _Turn) -> asyncio.Task | None:
         t = self._config.tools
-        if not t.filler:
-            return None
-        delay = t.filler_after_ms / 1000
-        return self.create_task(self._filler_after(turn, delay), f"tool-filler-{turn.index}")
 
-    async def _filler_after(self, turn: _Turn, delay: float) -> None:
-        """Say a filler if the handlers are still running after ``delay``.
+        async def say_filler() -> None:
+            if turn.stopped:
+                return
+            text = t.filler_text or language(self._config.language).filler
+            space = "" if not turn.text or turn.text[-1].isspace() else " "
+            turn.stats["fillers"] = turn.stats.get("fillers", 0) + 1
+            await self._emit(turn, f"{space}{text} ")
 
-        It is part of what the bot said, so it goes into the context with the answer after it.
-        """
-        await asyncio.sleep(delay)
-        if turn.stopped:
-            return
-        text = self._config.tools.filler_text or language(self._config.language).filler
-        space = "" if not turn.text or turn.text[-1].isspace() else " "
-        turn.stats["fillers"] = turn.stats.get("fillers", 0) + 1
-        await self._emit(turn, f"{space}{text} ")
+        self._tool_round = ToolRound(
+            self,
+            calls,
+            said=said,
+            record=self.records_answers,
+            records=turn.stats.setdefault("tool_calls", []),
+            say=say_filler if t.filler else None,
+            filler_after_s=t.filler_after_ms / 1000,
+        )
+        try:
+            return await self._tool_round.run()
+        finally:
+            self._tool_round = None
 
     def _sampling(self) -> dict[str, Any]:
         """The sampling settings as they are now (``LLMUpdateSettingsFrame`` changes them)."""
@@ -837,18 +757,9 @@ class VoxtralLLMService(LLMService):
             "top_p": st.top_p if isinstance(st.top_p, (int, float)) else c.top_p,
         }
 
-    def _offered_tools(self) -> list[dict[str, Any]] | None:
-        """Functions offered to the model: the stage's own and the context's (``LLMSetToolsFrame``)."""
-        tools = self._tools.mistral_tools()
-        ctx_tools = self.llm_context.tools
-        if isinstance(ctx_tools, ToolsSchema) and ctx_tools.standard_tools:
-            own = {t["function"]["name"] for t in tools}
-            for t in self.get_llm_adapter().to_provider_tools_format(ctx_tools):
-                if t["function"]["name"] not in own:
-                    tools.append(dict(t))
-        return tools or None
-
-    async def _answer_local(self, turn: _Turn, stream: ToolCallStream, messages: list[dict[str, Any]]) -> EngineResult:
+    async def _answer_local(
+        self, turn: _Turn, stream: ToolCallStream, messages: list[dict[str, Any]]
+    ) -> EngineResult:
         assert self._engine is not None
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
@@ -874,7 +785,9 @@ class VoxtralLLMService(LLMService):
         # Deltas scheduled before the end marker are all in the queue ahead of it.
         return future.result()
 
-    async def _answer_vllm(self, turn: _Turn, stream: ToolCallStream, messages: list[dict[str, Any]]) -> EngineResult:
+    async def _answer_vllm(
+        self, turn: _Turn, stream: ToolCallStream, messages: list[dict[str, Any]]
+    ) -> EngineResult:
         assert self._vllm is not None
         c = self._config
         sampling = self._sampling()

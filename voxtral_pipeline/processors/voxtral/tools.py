@@ -1,11 +1,8 @@
-"""Function calling for the Voxtral stage, the pipecat way.
+"""Voxtral's function calls in its token stream: where they start, and how they are parsed.
 
-Tools are declared as pipecat ``FunctionSchema`` / ``ToolsSchema`` and their handlers registered
-with :meth:`ToolRegistry.register_function`, which has the shape of pipecat's
-``LLMService.register_function``: a handler takes pipecat's ``FunctionCallParams`` (``arguments``,
-``result_callback``, ``llm``: the stage, to push frames such as ``EndTaskFrame``).
-
-Voxtral writes a call after its ``[TOOL_CALLS]`` control token, in one of two forms depending on
+Tools, handlers and running are pipecat's own (``LLMService.register_function``, direct
+functions, ``LLMSetToolsFrame``; see :mod:`.tool_round`); this module only reads what Voxtral
+writes. Voxtral writes a call after its ``[TOOL_CALLS]`` control token, in one of two forms depending on
 the tokenizer version (both are parsed, like vLLM's Mistral tool parser):
 
 * before v11: ``[TOOL_CALLS][{"name": "get_time", "arguments": {"tz": "UTC"}}]``
@@ -14,25 +11,19 @@ the tokenizer version (both are parsed, like vLLM's Mistral tool parser):
 
 :class:`ToolCallStream` sits between the token stream and the chunker: text before the marker is
 spoken, everything from the marker on is held back and parsed when the model stops. A call that
-cannot be parsed, names an unknown function, raises or runs past its timeout becomes an error
-*result* that goes back to the model, which then answers the user; nothing crashes the turn.
+cannot be parsed carries its error, which goes back to the model as the call's result.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import secrets
 import string
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loguru import logger
-from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
-from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
-from pipecat.frames.frames import FunctionCallResultProperties
 from pipecat.services.llm_service import FunctionCallParams
 
 #: The control tokens of a call, as the token streamer hands them out (their string form).
@@ -75,25 +66,6 @@ class ToolCall:
             "type": "function",
             "function": {"name": self.name, "arguments": json.dumps(self.arguments, ensure_ascii=False)},
         }
-
-
-@dataclass
-class ToolResult:
-    """What a call returned (or the error that stands in for a result)."""
-
-    call: ToolCall
-    result: Any = None
-    error: str | None = None
-    properties: FunctionCallResultProperties | None = None
-    cancelled: bool = False
-
-    def content(self) -> str:
-        """The tool message's content: a string as is, anything else as JSON."""
-        if self.error is not None:
-            return json.dumps({"error": self.error}, ensure_ascii=False)
-        if isinstance(self.result, str):
-            return self.result
-        return json.dumps(self.result, ensure_ascii=False, default=str)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -226,136 +198,7 @@ def openai_tool_calls(deltas: dict[int, dict[str, str]]) -> list[ToolCall]:
     return [_call(d.get("name"), d.get("arguments") or "", d.get("id")) for _, d in sorted(deltas.items())]
 
 
-# ----------------------------------------------------------------------------------------------
-# Registry and running
-
-
-@dataclass
-class RegisteredFunction:
-    name: str | None
-    handler: FunctionHandler
-    timeout_secs: float | None = None
-    cancel_on_interruption: bool = True
-
-
-class ToolRegistry:
-    """The tools a session offers (schemas) and the handlers that run them."""
-
-    def __init__(self, tools: ToolsSchema | Sequence[FunctionSchema] | None = None):
-        self._schemas: dict[str, FunctionSchema] = {}
-        self._functions: dict[str | None, RegisteredFunction] = {}
-        if tools is not None:
-            self.set_tools(tools)
-
-    def set_tools(self, tools: ToolsSchema | Sequence[FunctionSchema]) -> None:
-        """Offer these functions to the model (a schema with a ``handler`` registers it too)."""
-        schemas = tools.standard_tools if isinstance(tools, ToolsSchema) else list(tools)
-        self._schemas = {}
-        for schema in schemas:
-            if not _NAME_OK.match(schema.name):
-                raise ValueError(
-                    f"tool name {schema.name!r} is not valid for Mistral models: use 1-64 of a-z A-Z 0-9 _ -"
-                )
-            self._schemas[schema.name] = schema
-            if schema.handler is not None and schema.name not in self._functions:
-                self.register_function(schema.name, schema.handler)
-
-    def register_function(
-        self,
-        function_name: str | None,
-        handler: FunctionHandler,
-        *,
-        timeout_secs: float | None = None,
-        cancel_on_interruption: bool = True,
-    ) -> None:
-        """Register a handler, as pipecat's ``LLMService.register_function`` (None: catch-all).
-
-        ``cancel_on_interruption=False`` is accepted for compatibility, but a call always holds
-        the answer here (a voice turn cannot answer before its result), so it is cancelled too.
-        """
-        self._functions[function_name] = RegisteredFunction(
-            function_name, handler, timeout_secs, cancel_on_interruption
-        )
-
-    def unregister_function(self, function_name: str | None) -> None:
-        self._functions.pop(function_name, None)
-
-    def has_function(self, function_name: str) -> bool:
-        return function_name in self._functions or None in self._functions
-
-    def function(self, function_name: str) -> RegisteredFunction | None:
-        return self._functions.get(function_name) or self._functions.get(None)
-
-    @property
-    def schemas(self) -> list[FunctionSchema]:
-        return list(self._schemas.values())
-
-    def __bool__(self) -> bool:
-        return bool(self._schemas)
-
-    def mistral_tools(self) -> list[dict[str, Any]]:
-        """The tools in the OpenAI/Mistral request format (``{"type": "function", "function": ...}``)."""
-        return [{"type": "function", "function": s.to_default_dict()} for s in self._schemas.values()]
-
-
-async def run_tool_call(
-    call: ToolCall,
-    registry: ToolRegistry,
-    make_params: Callable[[ToolCall, Callable[..., Awaitable[None]]], FunctionCallParams],
-    *,
-    timeout_secs: float,
-    start_task: Callable[[Awaitable[Any], str], asyncio.Task],
-    cancel_task: Callable[[asyncio.Task], Awaitable[None]],
-) -> ToolResult:
-    """Run one call's handler until its first final result, an error or the timeout.
-
-    Cancelling the awaiting task (an interruption) cancels the handler too. A handler that
-    returns without calling ``result_callback`` has its return value taken as the result.
-    """
-    if call.error is not None:
-        return ToolResult(call, error=call.error)
-    if call.name not in registry._schemas:
-        return ToolResult(call, error=f"there is no function named {call.name!r}")
-    entry = registry.function(call.name)
-    if entry is None:
-        return ToolResult(call, error=f"the function {call.name!r} has no handler")
-
-    loop = asyncio.get_running_loop()
-    settled: asyncio.Future[ToolResult] = loop.create_future()
-
-    async def result_callback(result: Any, *, properties: FunctionCallResultProperties | None = None) -> None:
-        if properties is not None and not properties.is_final:
-            logger.debug(
-                f"tool {call.name}: intermediate result ignored (a voice turn waits for the final one)"
-            )
-            return
-        if not settled.done():
-            settled.set_result(ToolResult(call, result=result, properties=properties))
-
-    async def run_handler() -> None:
-        try:
-            returned = await entry.handler(make_params(call, result_callback))
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            logger.opt(exception=e).debug(f"tool {call.name} raised")
-            if not settled.done():
-                settled.set_result(ToolResult(call, error=f"the function failed: {type(e).__name__}: {e}"))
-            return
-        if not settled.done():
-            settled.set_result(ToolResult(call, result=returned))
-
-    timeout = entry.timeout_secs if entry.timeout_secs is not None else timeout_secs
-    task = start_task(run_handler(), f"tool-{call.name}-{call.id}")
-    try:
-        # A handler may go on after its result (an end-call tool pushes EndTaskFrame after it):
-        # it is left to finish then, and cancelled only on a timeout or an interruption.
-        return await asyncio.wait_for(asyncio.shield(settled), timeout)
-    except (TimeoutError, asyncio.TimeoutError):
-        logger.warning(f"tool {call.name} timed out after {timeout:g} s; the model is told")
-        await cancel_task(task)
-        return ToolResult(call, error=f"the function timed out after {timeout:g} seconds")
-    except asyncio.CancelledError:
-        if not task.done():
-            await cancel_task(task)
-        raise
+def check_function_name(name: str) -> None:
+    """Refuse at once a tool name mistral-common would reject at the first request."""
+    if not _NAME_OK.match(name):
+        raise ValueError(f"tool name {name!r} is not valid for Mistral models: use 1-64 of a-z A-Z 0-9 _ -")

@@ -24,8 +24,8 @@ import aiohttp
 
 from voxtral_pipeline.audio import wav_bytes
 from voxtral_pipeline.config import VLLMConfig
+from voxtral_pipeline.engine import EngineResult
 from voxtral_pipeline.models.voxtral import SAMPLE_RATE
-from voxtral_pipeline.processors.voxtral.engine import EngineResult
 
 
 class VLLMError(RuntimeError):
