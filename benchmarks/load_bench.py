@@ -244,9 +244,9 @@ async def run_level(n: int, servers: dict[str, RecordingServer], turns: int, see
     eot = [e["end_of_turn_ms"] for e in finals if e.get("end_of_turn_ms") is not None]
     v2v = [e["voice_to_voice_ms"] for e in finals if e.get("voice_to_voice_ms") is not None]
     sessions = [s for kind, server in servers.items() for s in server.all[before[kind] :]]
-    stats = [t for s in sessions for t in s.voice.voxtral.turn_stats if t.get("queued_ms") is not None]
-    waits = [t["queued_ms"] for t in stats]
-    answers = [t["generate_ms"] for t in stats]
+    stats = [t for s in sessions for t in s.voice.voxtral.turn_stats if t.queued_ms is not None]
+    waits = [t.queued_ms for t in stats]
+    answers = [t.generate_ms for t in stats]
     return {
         "sessions": n,
         "transports": {k: kinds.count(k) for k in set(kinds)},
@@ -264,11 +264,11 @@ async def run_level(n: int, servers: dict[str, RecordingServer], turns: int, see
         "answer_ms_max": max(answers) if answers else None,
         "answer_ms_median": statistics.median(answers) if answers else None,
         "completion_tokens_median": (
-            statistics.median([t["completion_tokens"] for t in stats]) if stats else None
+            statistics.median([t.completion_tokens for t in stats]) if stats else None
         ),
-        "preemptions": sum(t["preemptions"] for t in stats),
-        "preempted_answers": sum(1 for t in stats if t["preemptions"]),
-        "errors": sum(1 for t in stats if t.get("error")),
+        "preemptions": sum(t.preemptions for t in stats),
+        "preempted_answers": sum(1 for t in stats if t.preemptions),
+        "errors": sum(1 for t in stats if t.error),
         "client_failures": failures,
         "wall_s": round(wall, 1),
     }

@@ -41,7 +41,7 @@ from voxtral_pipeline.models.kokoro import load_kokoro  # noqa: E402
 from voxtral_pipeline.processors.chunker import WordChunker  # noqa: E402
 from voxtral_pipeline.processors.kokoro import KokoroTTSService  # noqa: E402
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService  # noqa: E402
-from voxtral_pipeline.processors.voxtral.processor import shared_bundle  # noqa: E402
+from voxtral_pipeline.processors.voxtral.backend import shared_bundle  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -97,7 +97,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
         spoken_before = ends.spoken
         await worker.queue_frame(UserUtteranceFrame(pcm, 16000, now - len(pcm) / 32000, now, now, now))
         while ends.answers < turn + 1 or (
-            ends.spoken == spoken_before and voxtral.turn_stats[-1]["text"].strip()
+            ends.spoken == spoken_before and voxtral.turn_stats[-1].text.strip()
         ):
             ends.changed.clear()
             try:
@@ -115,8 +115,8 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
                     "kv_cache_mb": round(snap.cache_mb, 2),
                     "threads": len(snap.threads),
                     "tasks": len(snap.tasks),
-                    "prompt_tokens": stats["prompt_tokens"],
-                    "prefill_tokens": stats["prefill_tokens"],
+                    "prompt_tokens": stats.prompt_tokens,
+                    "prefill_tokens": stats.prefill_tokens,
                     "cached_tokens": voxtral.engine.cached_tokens(voxtral.session_id),
                     "audio_turns_held": sum(u.audio is not None for u in voxtral.context.user_turns),
                     "s_per_turn": round((t - last_t) / (args.every if turn else 1), 3),
@@ -124,7 +124,7 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
             )
             last_t = t
             print(samples[-1], flush=True)
-    errors = sum(1 for s in voxtral.turn_stats if s["error"])
+    errors = sum(1 for s in voxtral.turn_stats if s.error)
     await worker.queue_frame(EndFrame())
     await run
     return {

@@ -131,16 +131,16 @@ async def run_config(bundle: Any, kv_cache: bool, turns: int, max_new_tokens: in
     rows = []
     for i, stats in enumerate(service.turn_stats):
         first = marks["first_text"][i] if i < len(marks["first_text"]) else None
-        calls = stats.get("tool_calls") or []
+        calls = stats.tool_calls or []
         rows.append(
             {
                 "turn": i,
                 "call_ms": (marks["handler"][i] - marks["sent"][i]) * 1000,
                 "resume_ms": None if first is None else (first - marks["result"][i]) * 1000,
-                "prompt_tokens": stats["prompt_tokens"],
-                "prefill_tokens": stats["prefill_tokens"],
-                "generate_calls": stats["generate_calls"],
-                "tool_error": calls[0]["error"] if calls else "no call",
+                "prompt_tokens": stats.prompt_tokens,
+                "prefill_tokens": stats.prefill_tokens,
+                "generate_calls": stats.generate_calls,
+                "tool_error": calls[0].error if calls else "no call",
             }
         )
     return rows

@@ -114,16 +114,16 @@ async def run_conversation(
         rows.append(
             {
                 "turn": i + 1,
-                "audio_secs": round(s["audio_secs"], 2),
-                "prompt_tokens": s["prompt_tokens"],
-                "audio_tokens": s["audio_tokens"],
-                "prefill_tokens": s["prefill_tokens"],
-                "completion_tokens": s["completion_tokens"],
-                "generate_calls": s["generate_calls"],
-                "prepare_ms": round(s["prepare_ms"], 2),
-                "ttft_model_ms": round(s["first_token_ms"], 2),
+                "audio_secs": round(s.audio_secs, 2),
+                "prompt_tokens": s.prompt_tokens,
+                "audio_tokens": s.audio_tokens,
+                "prefill_tokens": s.prefill_tokens,
+                "completion_tokens": s.completion_tokens,
+                "generate_calls": s.generate_calls,
+                "prepare_ms": round(s.prepare_ms, 2),
+                "ttft_model_ms": round(s.first_token_ms, 2),
                 "ttft_eos_ms": round((recorder.first_token_at[i] - end_of_speech) * 1000, 2),
-                "decode_tok_s": round(s["decode_tokens_per_s"] or 0.0, 1),
+                "decode_tok_s": round(s.decode_tokens_per_s or 0.0, 1),
             }
         )
     await worker.queue_frame(EndFrame())

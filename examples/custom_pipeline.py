@@ -25,10 +25,9 @@ from pipecat.processors.audio.audio_buffer_processor import AudioBufferProcessor
 from pipecat.workers.runner import WorkerRunner  # noqa: E402
 
 from voxtral_pipeline.processors.chunker import WordChunker  # noqa: E402
-from voxtral_pipeline.processors.kokoro import KokoroTTSService  # noqa: E402
 from voxtral_pipeline.processors.metrics import MetricsStage  # noqa: E402
 from voxtral_pipeline.processors.turns import TurnStage  # noqa: E402
-from voxtral_pipeline.processors.voxtral import VoxtralLLMService  # noqa: E402
+from voxtral_pipeline.session import build_services  # noqa: E402
 from voxtral_pipeline.transports.file import FileTransport  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -44,13 +43,15 @@ async def main() -> None:
     transport = FileTransport(config.transport.file.model_copy(update={"input": Path(args.input)}))
     recorder = AudioBufferProcessor(num_channels=2)  # stock pipecat: records both sides
     metrics = MetricsStage(config.metrics)
+    voxtral, tts = build_services(config)  # the Voxtral and TTS stages the config names
+    voxtral.turn_source = "utterance"  # the turn stage says when a turn ends
     pipeline = Pipeline(
         [
             transport.input(),
             TurnStage(config.turns),
-            VoxtralLLMService(config.voxtral, turns="utterance"),  # the turn stage says when a turn ends
+            voxtral,
             WordChunker(config.chunker),
-            KokoroTTSService(config.kokoro),
+            tts,
             metrics,
             transport.output(),
             recorder,

@@ -126,10 +126,8 @@ async def run_bot(config: PipelineConfig) -> tuple[VoicePipeline, dict]:
 async def main(argv: list[str] | None = None) -> None:
     voice, _ = await run_bot(parse_config(argv))
     for stats in voice.voxtral.turn_stats:
-        calls = ", ".join(
-            f"{c['name']}({c['arguments']}) -> {c.get('result')}" for c in stats.get("tool_calls", [])
-        )
-        print(f"turn {stats['turn']}: {calls or 'no tool call'}; said {stats['text']!r}")
+        calls = ", ".join(f"{c.name}({c.arguments}) -> {c.result}" for c in stats.tool_calls)
+        print(f"turn {stats.turn}: {calls or 'no tool call'}; said {stats.text!r}")
     if voice.fatal_error is not None:
         raise SystemExit(f"error: {voice.fatal_error}")
 

@@ -131,7 +131,7 @@ async def test_a_hostile_session_does_not_stop_itself_or_its_neighbour():
         assert client.audio_bytes > 0
     # The hostile client's questions went in at the pipeline's rate, not as 3x slowed audio.
     hostile_session = next(s for s in by_order if s.voice.transport._params.serializer.dropped)
-    assert all(1.0 < t["audio_secs"] < 6.0 for t in hostile_session.voice.voxtral.turn_stats)
+    assert all(1.0 < t.audio_secs < 6.0 for t in hostile_session.voice.voxtral.turn_stats)
 
 
 async def test_a_ten_minute_utterance_is_capped_and_answered(tiny_bundle):
@@ -152,10 +152,10 @@ async def test_a_ten_minute_utterance_is_capped_and_answered(tiny_bundle):
         await h.send(short)
         await h.wait_down(count(LLMFullResponseEndFrame, 2))
     first, second = service.turn_stats
-    assert first["error"] is None and first["completion_tokens"] > 0
-    assert first["audio_tokens"] == 3 * 375  # the last 90 s: three 30-s chunks, not twenty
+    assert first.error is None and first.completion_tokens > 0
+    assert first.audio_tokens == 3 * 375  # the last 90 s: three 30-s chunks, not twenty
     assert service.history[0].duration_secs == 90.0  # only what the model heard is kept
-    assert second["error"] is None and second["completion_tokens"] > 0
+    assert second.error is None and second.completion_tokens > 0
     # The whole utterance is 19 MB of PCM; the model saw 90 s of it. A generous bound on the rest.
     assert rss_mb() - before < 400
 
@@ -181,7 +181,7 @@ async def test_nan_inf_and_out_of_range_float_samples_are_cleaned_and_answered(t
         now = asyncio.get_running_loop().time()
         await h.send(UserUtteranceFrame(pcm, 16000, now - 1.5, now, now, now))
         await h.wait_down(count(LLMFullResponseEndFrame))
-    assert service.turn_stats[0]["error"] is None and service.turn_stats[0]["completion_tokens"] > 0
+    assert service.turn_stats[0].error is None and service.turn_stats[0].completion_tokens > 0
 
 
 @pytest.mark.parametrize(

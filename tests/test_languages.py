@@ -102,7 +102,7 @@ async def test_a_french_turn_is_spoken_with_the_french_voice_and_g2p(tiny_bundle
         [i for i in spy.calls[0]["input_ids"] if i != AUDIO_TOKEN_ID], skip_special_tokens=False
     )
     assert "Sois bref.\n\nAlways answer in French. Réponds toujours en français.[/INST]" in prompt
-    answer = voxtral.turn_stats[0]["text"]
+    answer = voxtral.turn_stats[0].text
     assert answer.strip() and any(isinstance(f, TTSAudioRawFrame) for f in h.down)
     turn = [s for s in spoken if s[2] != "Hello there, how are you?" and s[2] != "Sure, I can help."]
     assert turn and all(lang == "f" and voice == "ff_siwis" for lang, voice, _ in turn)

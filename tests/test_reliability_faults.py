@@ -167,7 +167,7 @@ async def test_model_failure_and_oom_mid_answer_are_apologized_for_and_the_next_
     for apology in apologies:
         assert any(isinstance(f, TTSAudioRawFrame) for f in _after(h.down, apology))
     stats = service.turn_stats
-    assert [bool(s["error"]) for s in stats] == [True, True, False]
+    assert [bool(s.error) for s in stats] == [True, True, False]
     assert stats[2]["completion_tokens"] > 0 and stats[2]["text"]
     # The apology is not the model's: the next prompt holds what the model itself said.
     assert all(language("en").apology not in t.text for t in service.history if t.role == "assistant")
@@ -209,7 +209,7 @@ async def test_tts_failing_on_one_chunk_still_shows_its_words_and_speaks_the_nex
         await h.wait_down(count(TTSStoppedFrame))
     monkeypatch.undo()
 
-    answer = service.turn_stats[0]["text"]
+    answer = service.turn_stats[0].text
     shown = "".join(f.text for f in h.down if isinstance(f, DisplayTextFrame))
     assert shown.split() == answer.split()  # every word reached the client, the failed chunk's too
     errors = [f for f in h.up if isinstance(f, ErrorFrame)]
@@ -245,7 +245,7 @@ async def test_client_gone_mid_answer_cancels_and_frees_everything(monkeypatch):
         answers = [e for e in engine.events if e.session_id == voxtral.session_id and e.kind == "answer"]
         assert [e.event for e in answers] == ["start", "cancelled"] and answers[-1].tokens <= 2
         assert voxtral.session_id not in engine.cached_sessions
-        assert voxtral.turn_stats[0]["interrupted"]
+        assert voxtral.turn_stats[0].interrupted
         assert tts._executor is None  # the TTS thread pool was shut down
         await poll(
             lambda: (
@@ -288,8 +288,8 @@ async def test_vllm_down_then_back(tiny_bundle):
 
     errors = [f.error for f in h.up if isinstance(f, ErrorFrame)]
     assert len(errors) == 2 and all("cannot reach vLLM" in e for e in errors)
-    assert [bool(s["error"]) for s in service.turn_stats] == [True, False, True, False]
-    assert service.turn_stats[3]["text"] == "".join(server.reply_words)
+    assert [bool(s.error) for s in service.turn_stats] == [True, False, True, False]
+    assert service.turn_stats[3].text == "".join(server.reply_words)
     assert len(server.requests[0].audios) == 4  # the turns it missed are still in the conversation
     assert sum(isinstance(f, TTSSpeakFrame) for f in h.down) == 2
 

@@ -95,13 +95,13 @@ async def test_a_300_turn_session_stays_bounded(tiny_bundle):
             warm = Snapshot.take(voxtral.engine)
     last = Snapshot.take(voxtral.engine)
     engine, stats = voxtral.engine, voxtral.turn_stats
-    prefills = [s["prefill_tokens"] for s in stats]
+    prefills = [s.prefill_tokens for s in stats]
     held_audio = sum(t.audio is not None for t in voxtral.context.user_turns)
     cached_sessions, cached_tokens = engine.cached_sessions, engine.cached_tokens(voxtral.session_id)
     await worker.queue_frame(EndFrame())
     await asyncio.wait_for(run, WAIT_S)
 
-    assert warm is not None and len(stats) == TURNS and not any(s["error"] for s in stats)
+    assert warm is not None and len(stats) == TURNS and not any(s.error for s in stats)
     # Memory besides the session's KV cache (which grows with the conversation up to
     # kv_cache_max_tokens, asserted below). Measured 5-70 MB, depending on what else the process
     # ran: tracemalloc finds < 1 MB of Python objects added over 140 turns (the conversation's
@@ -119,7 +119,7 @@ async def test_a_300_turn_session_stays_bounded(tiny_bundle):
     assert 0 < cached_tokens <= config.kv_cache_max_tokens
     # The conversation grew to its window (voxtral.max_history_turns) and no further: the prompt
     # stays inside the model's context however long the session.
-    prompts = [s["prompt_tokens"] for s in stats]
+    prompts = [s.prompt_tokens for s in stats]
     assert len(voxtral.context.user_turns) <= config.max_history_turns
     assert voxtral.context.dropped_user_turns >= TURNS - config.max_history_turns
     assert max(prompts[-100:]) <= max(prompts[: config.max_history_turns + 1]) + 64, prompts

@@ -77,7 +77,7 @@ async def test_confirmed_speculation_is_released_and_is_the_turns_one_inference(
     assert [t.role for t in service.history] == ["user", "assistant"]
     assert service.history[1].text == reference
     (stats,) = service.turn_stats
-    assert stats["speculation_saved_ms"] >= 0.0
+    assert stats.speculation_saved_ms >= 0.0
     assert service.speculation_counts == {"confirmed": 1, "discarded": 0}
 
 

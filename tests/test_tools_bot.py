@@ -4,7 +4,6 @@ constrained to call its two tools (an order lookup, then end_call, which ends th
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +39,7 @@ def test_help_works_offline():
 
 @needs_espeak
 async def test_order_lookup_then_end_call_ends_the_session_after_the_goodbye(tmp_path, monkeypatch):
-    from voxtral_pipeline.processors.voxtral.processor import shared_bundle
+    from voxtral_pipeline.processors.voxtral.backend import shared_bundle
 
     bot = _load_example()
     monkeypatch.setattr(bot, "LOOKUP_SECS", 0.0)
@@ -87,16 +86,16 @@ async def test_order_lookup_then_end_call_ends_the_session_after_the_goodbye(tmp
     assert voice.fatal_error is None
     stats = voice.voxtral.turn_stats
     brief = [
-        (s["audio_secs"], s["dropped"], s["interrupted"], s["speech_end_time"] - stats[0]["speech_end_time"])
+        (s.audio_secs, s.dropped, s.interrupted, s.speech_end_time - stats[0].speech_end_time)
         for s in stats
     ]
     assert len(stats) == 1 and len(ended_by) == 1, brief  # the second question was never heard
     turn = stats[0]
-    assert [c["name"] for c in turn["tool_calls"]] == ["get_order_status", "end_call"]
-    assert all(c["error"] is None for c in turn["tool_calls"])
-    assert json.loads(turn["tool_calls"][0]["result"]) == {"order_id": "A123", **bot.ORDERS["A123"]}
-    assert turn["text"] == "it is shipped. bye." and not turn["interrupted"]  # only the answer is said
-    assert turn["generate_calls"] == 3
+    assert [c.name for c in turn.tool_calls] == ["get_order_status", "end_call"]
+    assert all(c.error is None for c in turn.tool_calls)
+    assert turn.tool_calls[0].result == {"order_id": "A123", **bot.ORDERS["A123"]}
+    assert turn.text == "it is shipped. bye." and not turn.interrupted  # only the answer is said
+    assert turn.generate_calls == 3
     # The goodbye was spoken before the session ended: the bot's side of the recording has it.
     recording, rate = sf.read(str(out), dtype="float32")
     assert report["turns"][0]["reply_text"] == "it is shipped. bye."

@@ -199,3 +199,77 @@ def test_idle_refresh_prefills_a_rewritten_history_exactly(tiny_bundle):
     finally:
         engine.close()
         plain.close()
+
+
+def test_a_static_cache_made_in_inference_mode_is_cropped_without_error(tiny_bundle):
+    """``generate()`` fills caches inside ``torch.inference_mode()``: their rewind must run there too."""
+    import torch
+    from transformers import StaticCache
+
+    from voxtral_pipeline.engine.kv_store import crop, seq_length
+
+    model = tiny_bundle.model
+    with torch.inference_mode():
+        cache = StaticCache(config=model.config, max_cache_len=64)
+        ids = torch.tensor([[1, 3, 100, 101, 102, 103, 104, 4]])
+        model(input_ids=ids, attention_mask=torch.ones_like(ids), cache=cache, use_cache=True)
+    assert seq_length(cache) == 8
+    crop(cache, 5)  # outside inference mode, as the KV store is called
+    assert seq_length(cache) == 5
+
+
+def test_a_transcription_computes_its_mel_features_once(tiny_bundle, monkeypatch):
+    extractor = type(tiny_bundle.processor.feature_extractor)
+    calls: list[int] = []
+    original = extractor.__call__
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(extractor, "__call__", counting)
+    engine = VoxtralEngine(tiny_bundle)
+    try:
+        samples = (0.1 * np.random.default_rng(5).standard_normal(16000)).astype(np.float32)
+        result = engine.submit(EngineRequest("t", kind="transcribe", audio=samples, max_new_tokens=3)).result(
+            WAIT_TIMEOUT_S
+        )
+    finally:
+        engine.close()
+    assert len(calls) == 1
+    assert result.audio_tokens == 375 and result.completion_tokens >= 1
+
+
+def test_generate_gets_its_cache_without_the_deprecated_keyword(tiny_bundle):
+    import warnings
+
+    from voxtral_pipeline.engine.generate import cache_kwarg
+
+    engine = VoxtralEngine(tiny_bundle)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _answer(engine, "w", _conversation(1, []), max_new_tokens=3)
+    finally:
+        engine.close()
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
+    assert cache_kwarg(tiny_bundle.model) in ("cache", "past_key_values")
+
+
+def test_control_tokens_come_from_the_tokenizer_and_a_missing_one_is_a_clear_error(tiny_bundle):
+    import pytest
+
+    from voxtral_pipeline.engine.tokens import MissingTokenError, SpecialTokens
+
+    tokens = SpecialTokens.from_tokenizer(tiny_bundle.tokenizer)
+    assert (tokens.audio, tokens.begin_audio, tokens.inst, tokens.transcribe) == (24, 25, 3, 34)
+
+    class NoAudio:
+        eos_token_id = 2
+        unk_token_id = 0
+
+        def convert_tokens_to_ids(self, token: str) -> int:
+            return 0 if token == "[AUDIO]" else 7
+
+    with pytest.raises(MissingTokenError, match=r"no \[AUDIO\] control token"):
+        SpecialTokens.from_tokenizer(NoAudio())

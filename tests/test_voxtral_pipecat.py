@@ -96,7 +96,7 @@ async def test_the_greeting_pattern_and_appended_messages_start_completions(tiny
     # The system message and the instructions open the first user turn (Voxtral takes no system prompt).
     assert "Greet the user warmly." in greeting and INSTRUCTIONS in greeting
     assert "What is the time?" in second and "Greet the user warmly." in second
-    assert [s["trigger"] for s in service.turn_stats] == ["run", "messages"]
+    assert [s.trigger for s in service.turn_stats] == ["run", "messages"]
 
 
 async def test_a_context_frame_is_answered_once(tiny_bundle, monkeypatch):
@@ -177,13 +177,13 @@ async def test_context_edited_mid_session_gives_the_same_prompt_and_answer_as_a_
     edited = spy.calls[-1]
     stats = service.turn_stats[-1]
     # The cache was cropped where the edit begins: reused before it, nothing reused after it.
-    assert 0 < stats["cached_tokens"] < len(spy.calls[1]["input_ids"])
+    assert 0 < stats.cached_tokens < len(spy.calls[1]["input_ids"])
 
     fresh = VoxtralLLMService(config, bundle=tiny_bundle, session_id="fresh", context=LLMContext(snapshot))
     async with StageHarness(fresh) as h:
         await h.send(make_utterance(1.0, seed=12))
         await h.wait_down(_ends(1))
-    assert fresh.turn_stats[0]["cached_tokens"] == 0
+    assert fresh.turn_stats[0].cached_tokens == 0
     assert spy.calls[-1]["input_ids"] == edited["input_ids"]
     assert spy.calls[-1]["output_ids"] == edited["output_ids"]
 

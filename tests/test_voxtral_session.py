@@ -80,12 +80,12 @@ async def test_one_generate_per_turn_and_flat_prefill(tiny_bundle, monkeypatch):
             await h.wait_down(count(LLMFullResponseEndFrame, i + 1))
     service.engine.close()
     stats = service.turn_stats
-    assert len(spy.calls) == 4 and [s["generate_calls"] for s in stats] == [1, 1, 1, 1]
-    prefill = [s["prefill_tokens"] for s in stats]
-    prompt = [s["prompt_tokens"] for s in stats]
+    assert len(spy.calls) == 4 and [s.generate_calls for s in stats] == [1, 1, 1, 1]
+    prefill = [s.prefill_tokens for s in stats]
+    prompt = [s.prompt_tokens for s in stats]
     assert prompt == sorted(prompt) and prompt[-1] > 4 * 375  # the context grows...
     assert all(375 < p < 375 + 30 for p in prefill[1:]), prefill  # ...the work per turn does not
-    assert [s["cached_tokens"] + s["prefill_tokens"] for s in stats] == prompt
+    assert [s.cached_tokens + s.prefill_tokens for s in stats] == prompt
 
 
 async def test_transcripts_replace_old_audio_while_idle_and_give_way_to_a_new_turn(tiny_bundle, monkeypatch):
@@ -123,7 +123,7 @@ async def test_transcripts_replace_old_audio_while_idle_and_give_way_to_a_new_tu
     second = answers[1]["input_ids"]
     assert second.count(AUDIO_TOKEN_ID) == 375
     assert transcript and transcript in tiny_bundle.tokenizer.decode(second, skip_special_tokens=False)
-    assert service.turn_stats[1]["prefill_tokens"] < 375 + 30
+    assert service.turn_stats[1].prefill_tokens < 375 + 30
     # Turn 2 came while turn 1 was being transcribed: the transcription stopped, turn 1 is a placeholder.
     third = tiny_bundle.tokenizer.decode(answers[2]["input_ids"], skip_special_tokens=False)
     assert "[earlier spoken turn, 1.0 s, not transcribed yet]" in third and transcript in third
@@ -132,7 +132,7 @@ async def test_transcripts_replace_old_audio_while_idle_and_give_way_to_a_new_tu
     assert stopped < max(i for i, e in enumerate(log) if e == ("answer", "start"))
     cut = [c for c in spy.calls if TRANSCRIBE_TOKEN_ID in c["input_ids"]][1]
     assert len(cut["output_ids"]) <= 2  # stopped within one decode step
-    assert all(s["generate_calls"] == 1 for s in service.turn_stats)
+    assert all(s.generate_calls == 1 for s in service.turn_stats)
 
 
 async def test_tiny_and_silent_turns_are_dropped_without_inference(tiny_bundle, monkeypatch):
@@ -146,8 +146,8 @@ async def test_tiny_and_silent_turns_are_dropped_without_inference(tiny_bundle, 
         await h.wait_down(count(LLMFullResponseEndFrame, 1))
     service.engine.close()
     assert len(spy.calls) == 1
-    assert [bool(s["dropped"]) for s in service.turn_stats] == [True, True, True, False]
-    assert "shorter than 100 ms" in service.turn_stats[0]["dropped"]
+    assert [bool(s.dropped) for s in service.turn_stats] == [True, True, True, False]
+    assert "shorter than 100 ms" in service.turn_stats[0].dropped
     assert sum(isinstance(f, LLMFullResponseStartFrame) for f in h.down) == 1
     assert [t.role for t in service.history] == ["user", "assistant"]
 
@@ -168,4 +168,4 @@ async def test_long_utterances_become_chunks_up_to_the_cap(tiny_bundle, monkeypa
     assert spy.calls[1]["input_ids"].count(AUDIO_TOKEN_ID) == 750 + 750
     kept = service.context.user_turns[1].audio
     assert len(kept) == 60 * 16000 and np.allclose(kept[-16000:], 0.3, atol=1e-3)
-    assert service.turn_stats[1]["prefill_tokens"] < 750 + 40  # only the new chunks were encoded
+    assert service.turn_stats[1].prefill_tokens < 750 + 40  # only the new chunks were encoded

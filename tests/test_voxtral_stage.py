@@ -68,7 +68,7 @@ async def test_one_turn_streams_each_token(tiny_bundle, monkeypatch):
         start_timeout=WAIT_TIMEOUT_S,
     )
     assert len(spy.calls) == 1  # exactly one generate() for the turn (warm-up off)
-    assert service.generate_calls == 1 and service.turn_stats[0]["generate_calls"] == 1
+    assert service.generate_calls == 1 and service.turn_stats[0].generate_calls == 1
     call = spy.calls[0]
 
     response = [f for f in down if not isinstance(f, (MetricsFrame, LLMServiceMetadataFrame))]
@@ -86,9 +86,9 @@ async def test_one_turn_streams_each_token(tiny_bundle, monkeypatch):
     prompt = _prompt_text(tiny_bundle, call["input_ids"])
     assert call["input_ids"].count(AUDIO_TOKEN_ID) == 375 and INSTRUCTIONS in prompt
     stats = service.turn_stats[0]
-    assert stats["prompt_tokens"] == len(call["input_ids"]) and stats["audio_tokens"] == 375
-    assert stats["completion_tokens"] == len(call["output_ids"])
-    assert stats["ttft_ms"] is not None and stats["ttft_ms"] > 0 and not stats["interrupted"]
+    assert stats.prompt_tokens == len(call["input_ids"]) and stats.audio_tokens == 375
+    assert stats.completion_tokens == len(call["output_ids"])
+    assert stats.ttft_ms is not None and stats.ttft_ms > 0 and not stats.interrupted
 
     metrics = [d for f in down if isinstance(f, MetricsFrame) for d in f.data]
     ttfb = [d for d in metrics if isinstance(d, TTFBMetricsData) and d.value > 0]
@@ -123,8 +123,8 @@ async def test_second_turn_hears_the_first_in_its_prompt(tiny_bundle, monkeypatc
     assert prompt.count(INSTRUCTIONS) == 1  # in the first user turn only
     assert prompt.startswith(f"<s>[INST][BEGIN_AUDIO]{INSTRUCTIONS}[/INST]")
     assert [t.role for t in service.history] == ["user", "assistant", "user", "assistant"]
-    assert [s["turn"] for s in service.turn_stats] == [0, 1]
-    assert service.turn_stats[1]["prompt_tokens"] == len(second)
+    assert [s.turn for s in service.turn_stats] == [0, 1]
+    assert service.turn_stats[1].prompt_tokens == len(second)
 
 
 async def test_interruption_stops_generation_and_keeps_partial_text(tiny_bundle, monkeypatch):
@@ -146,7 +146,7 @@ async def test_interruption_stops_generation_and_keeps_partial_text(tiny_bundle,
         assert len(spy.calls[0]["output_ids"]) == 4
         assert not any(isinstance(f, LLMFullResponseEndFrame) for f in h.down)
         assert service.history[-1].role == "assistant" and service.history[-1].text == partial
-        assert service.turn_stats[0]["interrupted"]
+        assert service.turn_stats[0].interrupted
 
         await h.send(make_utterance(1.0, seed=3))
         await h.wait_down(count(LLMFullResponseEndFrame))
@@ -180,7 +180,7 @@ async def test_interruption_during_prefill_reports_no_ttfb(tiny_bundle, monkeypa
     ]
     assert all(d.value == 0 for d in ttfb)  # only pipecat's initial empty metrics
     assert service.history[1].role == "assistant" and service.history[1].text == ""
-    assert service.turn_stats[0]["interrupted"] and service.turn_stats[0]["ttft_ms"] is None
+    assert service.turn_stats[0].interrupted and service.turn_stats[0].ttft_ms is None
     # The empty answer is left out of the next prompt: two user audios, no assistant message.
     next_prompt = _prompt_text(tiny_bundle, spy.calls[1]["input_ids"])
     assert next_prompt.count("[BEGIN_AUDIO]") == 2 and "</s>" not in next_prompt
@@ -204,7 +204,7 @@ async def test_new_utterance_cancels_the_answer_in_progress(tiny_bundle, monkeyp
     assert sum(isinstance(f, LLMFullResponseEndFrame) for f in h.down) == 1
     assert [t.role for t in service.history] == ["user", "assistant", "user", "assistant"]
     assert len(service.history[1].text) == 2
-    assert service.turn_stats[0]["interrupted"] and not service.turn_stats[1]["interrupted"]
+    assert service.turn_stats[0].interrupted and not service.turn_stats[1].interrupted
 
 
 async def test_model_error_is_reported_and_the_next_turn_works(tiny_bundle, monkeypatch):
@@ -228,7 +228,7 @@ async def test_model_error_is_reported_and_the_next_turn_works(tiny_bundle, monk
 
     assert len(_texts(h.down)) > 1
     assert len([f for f in h.up if isinstance(f, ErrorFrame)]) == 1
-    assert "RuntimeError" in service.turn_stats[0]["error"] and service.turn_stats[1]["error"] is None
+    assert "RuntimeError" in service.turn_stats[0].error and service.turn_stats[1].error is None
     assert len(spy.calls) == 2
 
 

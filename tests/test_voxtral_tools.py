@@ -98,7 +98,7 @@ async def test_call_runs_and_only_the_answer_is_spoken(tiny_bundle, monkeypatch)
         await h.send(make_utterance(1.0, seed=2))  # the next turn sees call and result
         await h.wait_down(count(LLMFullResponseEndFrame, 2))
 
-    assert len(seen) == 1, service.turn_stats[0].get("tool_calls")
+    assert len(seen) == 1, service.turn_stats[0].tool_calls
     params = seen[0]
     assert params.function_name == "get_time" and dict(params.arguments) == {"tz": "UTC"}
     assert params.llm is service and params.context is service.llm_context  # pipecat's own params
@@ -142,11 +142,11 @@ async def test_call_runs_and_only_the_answer_is_spoken(tiny_bundle, monkeypatch)
     assert results[0].result == {"time": "10:30"} and results[0].error is None
     assert any(isinstance(f, FunctionCallResultFrame) for f in h.up)  # broadcast, like pipecat's LLMs
     stats = service.turn_stats[0]
-    assert stats["tool_calls"][0]["name"] == "get_time" and stats["tool_calls"][0]["error"] is None
-    assert stats["generate_calls"] == 2 and stats["text"] == answer
+    assert stats.tool_calls[0].name == "get_time" and stats.tool_calls[0].error is None
+    assert stats.generate_calls == 2 and stats.text == answer
     # The answer's request prefilled only what followed the call (the KV cache held the rest).
     first_prompt = len(spy.calls[0]["input_ids"])
-    assert stats["prefill_tokens"] < stats["prompt_tokens"] - first_prompt + 1
+    assert stats.prefill_tokens < stats.prompt_tokens - first_prompt + 1
 
 
 async def test_with_tools_the_idle_refresh_keeps_the_next_turn_prefill_small(tiny_bundle, monkeypatch):
@@ -164,7 +164,7 @@ async def test_with_tools_the_idle_refresh_keeps_the_next_turn_prefill_small(tin
     second = _prompt(tiny_bundle, spy.calls[1]["input_ids"])
     assert second.count("[AVAILABLE_TOOLS]") == 1 and second.index("[AVAILABLE_TOOLS]") > second.index("</s>")
     # Only the new turn's audio block (375 + 2 tokens) and a few tokens around it were prefilled.
-    assert service.turn_stats[1]["prefill_tokens"] <= 375 + 8
+    assert service.turn_stats[1].prefill_tokens <= 375 + 8
 
 
 async def test_handler_error_and_timeout_go_back_to_the_model(tiny_bundle, monkeypatch):
@@ -198,7 +198,7 @@ async def test_handler_error_and_timeout_go_back_to_the_model(tiny_bundle, monke
     assert '[TOOL_CONTENT]"The function `broken` failed and returned no result."' in after_error
     after_timeout = _prompt(tiny_bundle, spy.calls[3]["input_ids"])
     assert "[TOOL_CONTENT]CANCELLED[/TOOL_RESULTS]" in after_timeout
-    assert all(service.turn_stats[i]["error"] is None for i in (0, 1))
+    assert all(service.turn_stats[i].error is None for i in (0, 1))
     results = [f for f in h.down if isinstance(f, FunctionCallResultFrame)]
     assert [r.error for r in results] == ["RuntimeError: database is down"]
     assert [f.function_name for f in h.down if isinstance(f, FunctionCallCancelFrame)] == ["slow"]
@@ -264,7 +264,7 @@ async def test_interruption_during_a_call_cancels_it_and_sends_nothing_more(tiny
     interrupted_at = next(i for i, f in enumerate(h.down) if isinstance(f, InterruptionFrame))
     assert after == interrupted_at + 1  # nothing came after the interruption until the next turn
     assert not any(isinstance(f, (FunctionCallResultFrame, LLMTextFrame)) for f in h.down[:interrupted_at])
-    assert service.turn_stats[0]["interrupted"]
+    assert service.turn_stats[0].interrupted
     assert len(spy.calls) == 2  # the call, then the next turn: no answer was generated after it
     # The call stays in the context with its "cancelled" result; the next turn sees it.
     prompt = _prompt(tiny_bundle, spy.calls[1]["input_ids"])
@@ -292,7 +292,7 @@ async def test_filler_is_said_while_a_slow_handler_runs(tiny_bundle, monkeypatch
 
     texts = _texts(h.down)
     assert texts[0] == "Just a second. " and len(texts) > 1
-    assert service.turn_stats[0]["fillers"] == 1
+    assert service.turn_stats[0].fillers == 1
     # What was said, filler included, is what the context keeps: the answer after the result.
     assert service.history[-1].role == "assistant" and service.history[-1].text == "".join(texts)
 
@@ -426,7 +426,7 @@ async def test_vllm_streams_the_call_as_deltas_and_gets_the_result_back(tiny_bun
         "content": '{"time": "10:30"}',
     }
     assert second.prompt_tokens > first.prompt_tokens  # mistral-common rendered call and result
-    assert [s["generate_calls"] for s in service.turn_stats] == [2]
+    assert [s.generate_calls for s in service.turn_stats] == [2]
 
 
 async def test_vllm_without_auto_tool_choice_is_a_clear_error(tiny_bundle):

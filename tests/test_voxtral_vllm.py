@@ -62,7 +62,7 @@ async def test_streams_each_chunk_with_the_body_vllm_expects(tiny_bundle):
     assert second.body["messages"][1]["content"] == "".join(server.reply_words)
     assert len(second.audios) == 2
     stats = service.turn_stats
-    assert [s["generate_calls"] for s in stats] == [1, 1]
+    assert [s.generate_calls for s in stats] == [1, 1]
     assert stats[1]["prompt_tokens"] == second.prompt_tokens > 2 * 375
     usage = [
         d.value
@@ -123,7 +123,7 @@ async def test_errors_and_timeouts_become_error_frames_and_the_next_turn_works(t
     assert service.is_usable
     assert "".join(_texts(h.down)).endswith("".join(server.reply_words))
     stats = service.turn_stats
-    assert [bool(s["error"]) for s in stats] == [True, True, True, False]
+    assert [bool(s.error) for s in stats] == [True, True, True, False]
     # The context keeps what was sent before the connection dropped.
     assert stats[2]["text"] == "".join(server.reply_words[:2])
     assert service.history[5].role == "assistant" and service.history[5].text == stats[2]["text"]

@@ -34,6 +34,7 @@ from typing import Any
 from loguru import logger
 
 from voxtral_pipeline.processors.metrics import LATENCY_FIELDS, STAGE_FIELDS, SUMMARY_FIELDS, percentiles
+from voxtral_pipeline.processors.voxtral.stats import TurnStats
 
 EXIT_OK = 0
 EXIT_WORSE = 1
@@ -122,29 +123,25 @@ def build_config(options: BenchOptions):
     return load_config(options.config_file, overrides)
 
 
-def _engine_stats(turn_stats: list[dict[str, Any]], speech_end: float) -> dict[str, Any]:
-    s = next((s for s in turn_stats if s["speech_end_time"] == speech_end), {})
+def _engine_stats(turn_stats: list[TurnStats], speech_end: float) -> dict[str, Any]:
+    s = next((s for s in turn_stats if s.speech_end_time == speech_end), TurnStats(turn=-1))
     r = lambda v: None if v is None else round(v, 1)  # noqa: E731
     return {
-        "engine_queued_ms": r(s.get("queued_ms")),
-        "engine_prepare_ms": r(s.get("prepare_ms")),
-        "engine_first_token_ms": r(s.get("first_token_ms")),
-        "completion_tokens": s.get("completion_tokens"),
+        "engine_queued_ms": r(s.queued_ms),
+        "engine_prepare_ms": r(s.prepare_ms),
+        "engine_first_token_ms": r(s.first_token_ms),
+        "completion_tokens": s.completion_tokens if s.turn >= 0 else None,
     }
 
 
 async def run_once(config, stock: bool, reply_tokens: int, voxtral_bundle=None, kokoro_bundle=None) -> dict:
     """Play the conversation once; the metrics report plus the Voxtral engine's own times per turn."""
-    from pipecat.services.tts_service import TextAggregationMode
-
     from voxtral_pipeline.pipeline import build_pipeline, build_transport
-    from voxtral_pipeline.processors.kokoro import KokoroTTSService
-    from voxtral_pipeline.processors.voxtral import VoxtralLLMService
+    from voxtral_pipeline.session import SharedModels, build_services
 
     transport = build_transport(config)
-    mode = TextAggregationMode.SENTENCE if stock else TextAggregationMode.TOKEN
-    voxtral = VoxtralLLMService(config.voxtral, bundle=voxtral_bundle, min_new_tokens=reply_tokens)
-    tts = KokoroTTSService(config.kokoro, bundle=kokoro_bundle, text_aggregation_mode=mode)
+    models = SharedModels(voxtral_bundle, kokoro_bundle)
+    voxtral, tts = build_services(config, models, min_new_tokens=reply_tokens, stock_aggregation=stock)
     voice = build_pipeline(config, transport, voxtral=voxtral, tts=tts, stock_aggregation=stock)
     started = time.perf_counter()
     report = await voice.run()
@@ -175,16 +172,10 @@ def pool(reports: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _load_models(config):
     """Both models, once for both runs (ModelUnavailableError is the caller's to report)."""
-    from voxtral_pipeline.models.kokoro import load_kokoro
+    from voxtral_pipeline.session import SharedModels
 
-    voxtral = None
-    if config.voxtral.backend == "transformers":
-        from voxtral_pipeline.processors.voxtral.processor import shared_bundle
-
-        voxtral = shared_bundle(config.voxtral)
-    k = config.kokoro
-    kokoro = load_kokoro(k.model, k.voice, k.device, k.lang_code, voices_file=k.voices_file)
-    return voxtral, kokoro
+    models = SharedModels.load(config)
+    return models.voxtral, models.tts
 
 
 async def run_bench(options: BenchOptions) -> dict[str, Any]:

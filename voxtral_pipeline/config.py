@@ -522,6 +522,10 @@ class PipelineConfig(_Strict):
     voxtral: VoxtralConfig = Field(default_factory=VoxtralConfig)
     chunker: ChunkerConfig = Field(default_factory=ChunkerConfig)
     kokoro: KokoroConfig = Field(default_factory=KokoroConfig)
+    tts: str = Field(
+        "kokoro",
+        description="The TTS that speaks: a role of voxtral_pipeline.session.TTS_ROLES (kokoro).",
+    )
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
     language: LanguageCode = Field(
         "en",

@@ -13,18 +13,19 @@ from loguru import logger
 from pipecat.frames.frames import ErrorFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker, ProcessorUnusablePolicy
-from pipecat.services.tts_service import TextAggregationMode
+from pipecat.services.tts_service import TTSService
 from pipecat.transports.base_transport import BaseTransport
 from pipecat.workers.runner import WorkerRunner
 
 from voxtral_pipeline.config import PipelineConfig
 from voxtral_pipeline.models import ModelUnavailableError
 from voxtral_pipeline.processors.chunker import WordChunker
-from voxtral_pipeline.processors.kokoro import KokoroTTSService
 from voxtral_pipeline.processors.metrics import MetricsStage
 from voxtral_pipeline.processors.playback import PlaybackTracker
 from voxtral_pipeline.processors.turns import TurnStage
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService
+from voxtral_pipeline.processors.voxtral.stats import TurnStats
+from voxtral_pipeline.session import build_services
 
 # Loading a 3B model from disk (and warming it up) takes far longer than pipecat's 20 s default.
 SETUP_TIMEOUT_SECS = 900.0
@@ -85,7 +86,7 @@ class VoicePipeline:
     turns: TurnStage
     voxtral: VoxtralLLMService
     chunker: WordChunker | None  # None with stock_aggregation
-    tts: KokoroTTSService
+    tts: TTSService
     metrics: MetricsStage
     pipeline: Pipeline
     worker: PipelineWorker
@@ -114,19 +115,27 @@ class VoicePipeline:
         return report
 
 
-#: Voxtral stage numbers added to each turn of the JSON report.
-VOXTRAL_REPORT_FIELDS = ("prompt_tokens", "prefill_tokens", "generate_calls", "speculation_saved_ms")
+#: Voxtral stage numbers added to each turn of the JSON report (fields of ``TurnStats``).
+VOXTRAL_REPORT_FIELDS = (
+    "prompt_tokens",
+    "prefill_tokens",
+    "prefill_ms",
+    "ahead_prefill_tokens",
+    "ahead_prefill_ms",
+    "generate_calls",
+    "speculation_saved_ms",
+)
 
 
-def merge_voxtral_stats(report: dict[str, Any], records: list, stats: list[dict[str, Any]]) -> dict[str, Any]:
+def merge_voxtral_stats(report: dict[str, Any], records: list, stats: list[TurnStats]) -> dict[str, Any]:
     """Add the Voxtral stage's per-turn token counts to the metrics report (matched on the end of speech)."""
-    by_end = {s["speech_end_time"]: s for s in stats}
+    by_end = {s.speech_end_time: s for s in stats}
     for record, turn in zip(records, report["turns"], strict=False):
-        s = by_end.get(record.speech_end_time, {})
+        s = by_end.get(record.speech_end_time)
         for name in VOXTRAL_REPORT_FIELDS:
-            turn[name] = s.get(name)
-        if s.get("dropped"):
-            turn["dropped"] = s["dropped"]
+            turn[name] = None if s is None else getattr(s, name)
+        if s is not None and s.dropped:
+            turn["dropped"] = s.dropped
     return report
 
 
@@ -135,7 +144,7 @@ def build_pipeline(
     transport: BaseTransport | None = None,
     *,
     voxtral: VoxtralLLMService | None = None,
-    tts: KokoroTTSService | None = None,
+    tts: TTSService | None = None,
     observers: list | None = None,
     stock_aggregation: bool = False,
 ) -> VoicePipeline:
@@ -149,12 +158,11 @@ def build_pipeline(
     """
     transport = transport or build_transport(config)
     turns = TurnStage(config.turns)
-    voxtral = voxtral or VoxtralLLMService(config.voxtral)
+    if voxtral is None or tts is None:
+        built_voxtral, built_tts = build_services(config, stock_aggregation=stock_aggregation)
+        voxtral, tts = voxtral or built_voxtral, tts or built_tts
     voxtral.turn_source = "utterance"  # the turn stage's UserUtteranceFrames are the spoken turns
     chunker = None if stock_aggregation else WordChunker(config.chunker)
-    if tts is None:
-        mode = TextAggregationMode.SENTENCE if stock_aggregation else TextAggregationMode.TOKEN
-        tts = KokoroTTSService(config.kokoro, text_aggregation_mode=mode)
     metrics = MetricsStage(config.metrics)
     stages = [turns, voxtral, *([chunker] if chunker else []), tts, metrics]
     # After the output: sees what was played, tells the Voxtral stage what the bot really said.

@@ -37,6 +37,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from loguru import logger
 
 from voxtral_pipeline.config import PipelineConfig
+from voxtral_pipeline.session import SharedModels, build_services
 from voxtral_pipeline.transports.events import ClientEventsObserver
 
 WS_CLOSE_BAD_TOKEN = 4401
@@ -47,34 +48,6 @@ FINISHED_KEPT = 4
 WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 
 
-@dataclass
-class SharedModels:
-    """Models loaded once per process and shared by every session's stages."""
-
-    voxtral: Any = None  # VoxtralBundle
-    kokoro: Any = None  # KokoroBundle
-
-    @classmethod
-    def load(cls, config: PipelineConfig) -> SharedModels:
-        """Load both models (blocking; call it in a thread). Raises ModelUnavailableError."""
-        from voxtral_pipeline.models.kokoro import load_kokoro
-
-        v, k = config.voxtral, config.kokoro
-        voxtral = None
-        if getattr(v, "backend", "transformers") == "transformers":
-            try:  # the Voxtral stage's own per-process cache, so stages built without a bundle share it too
-                from voxtral_pipeline.processors.voxtral.processor import shared_bundle
-            except ImportError:  # pragma: no cover - older stage without the cache
-                from voxtral_pipeline.models.voxtral import load_voxtral
-
-                voxtral = load_voxtral(v.model, v.device, v.dtype, v.seed)
-            else:
-                voxtral = shared_bundle(v)
-        extra = {"voices_file": k.voices_file} if getattr(k, "voices_file", None) else {}
-        kokoro = load_kokoro(k.model, k.voice, k.device, k.lang_code, **extra)
-        return cls(voxtral, kokoro)
-
-
 def build_session(config: PipelineConfig, transport, models: SharedModels | None = None, observers=None):
     """One session's pipeline on ``transport``: the same stages and code path for every transport.
 
@@ -82,15 +55,8 @@ def build_session(config: PipelineConfig, transport, models: SharedModels | None
     stage loads its model in ``setup()`` (the CLI's single-session transports).
     """
     from voxtral_pipeline.pipeline import build_pipeline
-    from voxtral_pipeline.processors.kokoro import KokoroTTSService
-    from voxtral_pipeline.processors.voxtral import VoxtralLLMService
 
-    voxtral = tts = None
-    if models is not None:
-        if models.voxtral is not None:
-            voxtral = VoxtralLLMService(config.voxtral, bundle=models.voxtral)
-        if models.kokoro is not None:
-            tts = KokoroTTSService(config.kokoro, bundle=models.kokoro)
+    voxtral, tts = build_services(config, models)
     events = ClientEventsObserver(transport)
     voice = build_pipeline(
         config, transport, voxtral=voxtral, tts=tts, observers=[events, *(observers or [])]

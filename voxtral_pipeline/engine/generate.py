@@ -93,6 +93,9 @@ class Generator:
             r.audio_tokens = self.prompts.audio_tokens(job.prompt_ids)
 
             def on_delta(text: str, n: int) -> None:
+                if n and not job.slice_token_seen:  # the slice's prefill (and one decode step) is done
+                    job.slice_token_seen = True
+                    r.prefill_s += time.perf_counter() - job.slice_t0
                 if n and r.first_token_s is None:
                     r.first_token_s = time.perf_counter() - job.slice_t0 + r.generate_s
                 if req.on_delta is not None:
@@ -127,6 +130,7 @@ class Generator:
             {"do_sample": False} if req.kind == "transcribe" else sampling_kwargs(req.temperature, req.top_p)
         )
         job.streamer.begin_slice()
+        job.slice_token_seen = False
         before = r.completion_tokens
         job.slice_t0 = time.perf_counter()
         with b.lock, torch.inference_mode():

@@ -36,7 +36,8 @@ class EngineResult:
         cancelled: Stopped by its cancel event.
         queued_s: From submission to the start of its first slice.
         prepare_s: Tokenizing and mel features (first slice).
-        prefill_s: Time of a refresh's prefill (the forward pass over the uncached suffix).
+        prefill_s: Prefill time: a refresh's forward pass; for answers, each slice's time to its
+            first token (the prefill of the uncached suffix and one decode step).
         first_token_s: From the start of the first ``generate()`` to the first token.
         generate_s: Time spent in ``generate()`` (all slices).
         decode_tokens_per_s: Decode rate after the first token (time in ``generate()`` only).
@@ -124,6 +125,7 @@ class Job:
     features: torch.Tensor | None = None  # a transcription's mel features, computed once
     started: bool = False
     slice_t0: float = 0.0
+    slice_token_seen: bool = False
 
     def restart(self) -> None:
         """Preempted background work starts over (it holds no cache worth resuming)."""

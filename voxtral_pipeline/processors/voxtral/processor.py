@@ -12,22 +12,20 @@ assistant_aggregator``), as the ``InputAudioRawFrame``\ s between the user aggre
 answer goes downstream as ``LLMFullResponseStartFrame``, one ``LLMTextFrame`` per token as soon as
 it decodes, then ``LLMFullResponseEndFrame``, so the chunker and TTS can start on the first word.
 
-The model runs in the shared :class:`~voxtral_pipeline.engine.VoxtralEngine`
-(``backend = "transformers"``) or on a vLLM server (``backend = "vllm"``). This stage holds only
-the session: its conversation, its turn in flight and its idle-time work (transcripts of earlier
-turns, a cache refresh), which is cancelled the instant a new turn arrives.
+The model runs behind a :class:`~voxtral_pipeline.processors.voxtral.backend.VoxtralBackend`: the
+shared in-process :class:`~voxtral_pipeline.engine.VoxtralEngine` or a vLLM server. This stage
+holds only the session: its conversation (:mod:`.context`), its answer in flight
+(:class:`~.answer.Answer`), its function-call rounds (:class:`~.tool_round.ToolRound`), its
+speculative start (:mod:`.speculation`) and its idle-time work (:class:`~.idle.IdleWork`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from loguru import logger
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
@@ -50,7 +48,6 @@ from pipecat.frames.frames import (
     LLMSetToolsFrame,
     LLMTextFrame,
     LLMUpdateSettingsFrame,
-    TranscriptionFrame,
     TTSSpeakFrame,
     UserStartedSpeakingFrame,
     UserStoppedSpeakingFrame,
@@ -60,11 +57,9 @@ from pipecat.processors.aggregators.llm_context import LLMContext
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSetup
 from pipecat.services.llm_service import LLMService
 from pipecat.utils.errors import ErrorCategory
-from pipecat.utils.time import time_now_iso8601
 
-from voxtral_pipeline.audio import float_to_pcm16, pcm16_to_float, resample
 from voxtral_pipeline.config import VoxtralConfig
-from voxtral_pipeline.engine import EngineRequest, EngineResult, VoxtralEngine
+from voxtral_pipeline.engine import EngineResult, VoxtralEngine
 from voxtral_pipeline.frames import (
     BotSpokenTextFrame,
     SpeculationCancelFrame,
@@ -74,59 +69,32 @@ from voxtral_pipeline.frames import (
 )
 from voxtral_pipeline.languages import language
 from voxtral_pipeline.models.voxtral import (
-    SAMPLE_RATE,
-    ConversationTurn,
     VoxtralBundle,
-    audio_content_part,
-    build_conversation,
-    load_voxtral,
 )
 from voxtral_pipeline.processors.voxtral.adapter import VoxtralLLMAdapter
+from voxtral_pipeline.processors.voxtral.answer import Answer
+from voxtral_pipeline.processors.voxtral.backend import AnswerJob, VoxtralBackend, make_backend
 from voxtral_pipeline.processors.voxtral.context import (
     ContextTurn,
     VoxtralContext,
     check_utterance,
     utterance_samples,
 )
+from voxtral_pipeline.processors.voxtral.idle import IdleWork
 from voxtral_pipeline.processors.voxtral.settings import VoxtralLLMSettings
 from voxtral_pipeline.processors.voxtral.speculation import Speculation, SpeculativeStarts
+from voxtral_pipeline.processors.voxtral.speech import SpeechBuffer
+from voxtral_pipeline.processors.voxtral.stats import AheadWork, TurnStats
 from voxtral_pipeline.processors.voxtral.tool_round import IN_PROGRESS, ToolRound
 from voxtral_pipeline.processors.voxtral.tools import (
     ToolCall,
     ToolCallStream,
     check_function_name,
-    openai_tool_calls,
 )
-from voxtral_pipeline.processors.voxtral.vllm import VLLMClient
 
 #: Where spoken turns come from: pipecat's user aggregator (its ``UserStarted/StoppedSpeakingFrame``
 #: around the ``InputAudioRawFrame``\ s) or the project's turn stage (``UserUtteranceFrame``).
 TurnSource = Literal["pipecat", "utterance"]
-PRE_SPEECH_SECS = 0.2  # audio kept from before the aggregator's turn start (as NvidiaOmni keeps)
-WARMUP_SECS = 1.0
-WARMUP_NEW_TOKENS = 2
-_END = object()  # queue sentinel: the engine is done with this turn
-
-
-@dataclass
-class _Turn:
-    """One in-flight answer and what it has sent downstream so far."""
-
-    index: int
-    request: EngineRequest | None = None
-    task: asyncio.Task | None = None
-    text_parts: list[str] = field(default_factory=list)
-    stats: dict[str, Any] = field(default_factory=dict)
-    closed: bool = False
-    stopped: bool = False
-    # Characters of ``text`` already in the context (said before a function call).
-    context_chars: int = 0
-    # Set while the answer is speculative (held back until the turn is confirmed).
-    speculation: Speculation | None = None
-
-    @property
-    def text(self) -> str:
-        return "".join(self.text_parts)
 
 
 class VoxtralLLMService(LLMService):
@@ -192,10 +160,14 @@ class VoxtralLLMService(LLMService):
         kwargs.setdefault("function_call_timeout_secs", config.tools.timeout_secs)
         super().__init__(settings=merged, **kwargs)
         self._config = config
-        self._engine = engine
-        self._bundle = bundle if bundle is not None else (engine.bundle if engine else None)
-        self._warmup = config.warmup if warmup is None else warmup
         self.session_id = session_id or uuid.uuid4().hex
+        self._backend = make_backend(
+            config,
+            self.session_id,
+            bundle=bundle,
+            engine=engine,
+            warmup=config.warmup if warmup is None else warmup,
+        )
         self._min_new_tokens = min_new_tokens
         self._context = VoxtralContext(
             lambda: self._settings.system_instruction or None,
@@ -212,20 +184,17 @@ class VoxtralLLMService(LLMService):
             check_function_name(schema.name)
         self._own_tools: ToolsSchema | None = tools
         self._tool_round: ToolRound | None = None
-        self._turn_stats: list[dict[str, Any]] = []
-        self._turn: _Turn | None = None
+        self._turn_stats: list[TurnStats] = []
+        self._ahead = AheadWork()  # prefill done for the next turn (idle refresh, discarded speculation)
+        self._turn: Answer | None = None
         self._generate_calls = 0
         self._speculation = SpeculativeStarts()
         # The last answer in the context whose playback is not known to be complete: at an
         # interruption it is replaced by what was actually heard (BotSpokenTextFrame).
         self._unplayed: tuple[ContextTurn, int] | None = None
-        self._vllm: VLLMClient | None = None
-        self._idle_task: asyncio.Task | None = None
-        self._idle_cancel: threading.Event | None = None
-        self._speech = _SpeechBuffer()
-        # Transcripts pushed upstream: the user aggregator writes them back as user messages,
-        # which the audio turns they transcribe already are (removed, see _drop_echoes).
-        self._echoes: list[str] = []
+        self._idle = IdleWork(self)
+        self._speech = SpeechBuffer()
+        self._ready = False
         self._answered: set[int] = set()  # ids of the messages the last completion saw
 
     # ------------------------------------------------------------------------------------------
@@ -234,11 +203,20 @@ class VoxtralLLMService(LLMService):
     @property
     def bundle(self) -> VoxtralBundle | None:
         """The loaded model (None before ``setup()`` when none was given, and with vLLM)."""
-        return self._bundle
+        return getattr(self._backend, "bundle", None)
 
     @property
     def engine(self) -> VoxtralEngine | None:
-        return self._engine
+        """The shared in-process engine (None with vLLM)."""
+        return getattr(self._backend, "engine", None)
+
+    @property
+    def backend(self) -> VoxtralBackend:
+        return self._backend
+
+    @property
+    def config(self) -> VoxtralConfig:
+        return self._config
 
     @property
     def context(self) -> VoxtralContext:
@@ -275,7 +253,7 @@ class VoxtralLLMService(LLMService):
     def _service_tools(self) -> ToolsSchema | None:
         return self._own_tools
 
-    def _offered_tools(self) -> list[dict[str, Any]] | None:
+    def offered_tools(self) -> list[dict[str, Any]] | None:
         """Functions offered to the model: the context's (``LLMSetToolsFrame``), then the stage's own."""
         adapter = self.get_llm_adapter()
         tools: dict[str, dict[str, Any]] = {}
@@ -301,7 +279,7 @@ class VoxtralLLMService(LLMService):
         return list(self._context.turns)
 
     @property
-    def turn_stats(self) -> list[dict[str, Any]]:
+    def turn_stats(self) -> list[TurnStats]:
         """One dict per user utterance: tokens, prefill, generate calls, timings (ms), flags."""
         return self._turn_stats
 
@@ -327,44 +305,21 @@ class VoxtralLLMService(LLMService):
     # Lifecycle
 
     async def setup(self, setup: FrameProcessorSetup):
-        """Connect to the shared engine (loading the model off the event loop once) and warm it up.
+        """Load the model (once per process and spec, off the event loop) or connect to vLLM; warm up.
 
         Raises:
             ModelUnavailableError: when the model cannot be loaded; the message is for the user.
         """
         await super().setup(setup)
-        c = self._config
-        if c.backend == "vllm":
-            self._vllm = VLLMClient(c.vllm, self.session_id)
-            return
-        if self._engine is None:
-            if self._bundle is None:
-                self._bundle = await asyncio.to_thread(shared_bundle, c)
-            self._engine = VoxtralEngine.for_bundle(
-                self._bundle,
-                quantum_tokens=c.fairness_quantum_tokens,
-                kv_cache=c.kv_cache,
-                kv_cache_max_tokens=c.kv_cache_max_tokens,
-                kv_cache_sessions=c.kv_cache_sessions,
-                mel_on_device=c.mel_on_device,
-                static_cache=c.static_cache,
-                compile=c.compile,
-            )
-        if self._warmup and not self._engine.warmed_up:
-            self._engine.warmed_up = True
-            t0 = time.perf_counter()
-            await asyncio.wrap_future(self._engine.submit(self._warmup_request()))
-            logger.debug(f"{self}: engine warmed up in {(time.perf_counter() - t0) * 1000:.0f} ms")
+        await self._backend.start()
+        self._ready = True
 
     async def cleanup(self):
         await super().cleanup()
-        await self._cancel_idle_work()
+        await self._idle.cancel()
         if self._turn is not None:
             await self._stop_turn()
-        if self._engine is not None:
-            self._engine.release_session(self.session_id)
-        if self._vllm is not None:
-            await self._vllm.close()
+        await self._backend.close()
 
     async def run_inference(
         self,
@@ -387,31 +342,8 @@ class VoxtralLLMService(LLMService):
         sampling = self._sampling()
         if max_tokens is not None:
             sampling["max_new_tokens"] = max_tokens
-        if self._vllm is not None:
-            body = self._vllm.chat_body(
-                request.messages,
-                max_tokens=sampling["max_new_tokens"],
-                temperature=sampling["temperature"],
-                top_p=sampling["top_p"],
-            )
-            parts = [t async for t in self._vllm.stream_chat(body, EngineResult(), {})]
-            return "".join(parts).strip() or None
-        if self._engine is None:
-            raise RuntimeError("run_inference() before the Voxtral model was loaded (setup)")
-        one_shot = EngineRequest(session_id="", conversation=request.messages, **sampling)
-        result = await asyncio.wrap_future(self._engine.submit(one_shot))
-        return result.text.strip() or None
-
-    def _warmup_request(self) -> EngineRequest:
-        turn = ConversationTurn(
-            "user", audio=audio_content_part(np.zeros(int(WARMUP_SECS * SAMPLE_RATE), np.float32))
-        )
-        return EngineRequest(
-            session_id=f"warmup-{self.session_id}",
-            kind="warmup",
-            conversation=build_conversation([turn], self._context.instructions),
-            max_new_tokens=WARMUP_NEW_TOKENS,
-        )
+        text = await self._backend.complete(request.messages, **sampling)
+        return text.strip() or None
 
     async def process_frame(self, frame: Frame, direction: FrameDirection):
         # LLMService: settings updates, function calls cancelled at an interruption, tool
@@ -452,10 +384,10 @@ class VoxtralLLMService(LLMService):
             # A graceful end lets the answer in progress finish (max_new_tokens bounds it).
             await self._speculation.discard(self, "the session ended")
             await self._wait_turn()
-            await self._cancel_idle_work()
+            await self._idle.cancel()
             await self.push_frame(frame, direction)
         elif isinstance(frame, CancelFrame):
-            await self._cancel_idle_work()
+            await self._idle.cancel()
             await self._speculation.discard(self, "the session was cancelled")
             await self._stop_turn()
             await self.push_frame(frame, direction)
@@ -505,7 +437,7 @@ class VoxtralLLMService(LLMService):
 
     def _drop_echoes(self) -> None:
         """Remove user messages that only repeat a transcript of a spoken turn already in the context."""
-        if not self._echoes:
+        if not self._idle.echoes:
             return
         messages = self.llm_context.get_messages()
         kept = []
@@ -514,9 +446,9 @@ class VoxtralLLMService(LLMService):
                 isinstance(m, dict)
                 and m.get("role") == "user"
                 and isinstance(m.get("content"), str)
-                and m["content"].strip() in self._echoes
+                and m["content"].strip() in self._idle.echoes
             ):
-                self._echoes.remove(m["content"].strip())
+                self._idle.echoes.remove(m["content"].strip())
                 continue
             kept.append(m)
         if len(kept) != len(messages):
@@ -525,40 +457,28 @@ class VoxtralLLMService(LLMService):
     # ------------------------------------------------------------------------------------------
     # Turns
 
-    def _new_stats(self, speech_end_time: float, audio_secs: float, trigger: str) -> dict[str, Any]:
-        return {
-            "turn": len(self._turn_stats),
-            "trigger": trigger,
-            "speech_end_time": speech_end_time,
-            "audio_secs": audio_secs,
-            "dropped": None,
-            "prompt_tokens": None,
-            "audio_tokens": None,
-            "prefill_tokens": None,
-            "cached_tokens": None,
-            "completion_tokens": 0,
-            "generate_calls": 0,
-            "preemptions": 0,
-            "ttft_ms": None,
-            "queued_ms": None,
-            "first_token_ms": None,
-            "prepare_ms": None,
-            "generate_ms": None,
-            "decode_tokens_per_s": None,
-            "interrupted": False,
-            "error": None,
-            "text": "",
-        }
+    def _new_stats(self, speech_end_time: float, audio_secs: float, trigger: str) -> TurnStats:
+        return TurnStats(
+            turn=len(self._turn_stats),
+            trigger=trigger,
+            speech_end_time=speech_end_time,
+            audio_secs=audio_secs,
+        )
+
+    def _take_ahead(self, stats: TurnStats) -> None:
+        """The prefill done for this turn before it started goes on its bill."""
+        stats.ahead_prefill_tokens, stats.ahead_prefill_ms = self._ahead.take()
 
     async def _start_turn(self, frame: UserUtteranceFrame, speculative: bool = False):
         if not speculative and await self._speculation.settle(self, frame):
             return  # the answer started at the VAD stop answers this turn: released
-        await self._cancel_idle_work()
+        await self._idle.cancel()
         if self._turn is not None:
             await self._stop_turn()
         stats = self._new_stats(frame.speech_end_time, frame.duration_secs, "audio")
         if not speculative:  # a speculative turn's stats are kept only if it is confirmed
             self._turn_stats.append(stats)
+            self._take_ahead(stats)
         c = self._config
         samples, reason = check_utterance(
             utterance_samples(frame),
@@ -567,18 +487,18 @@ class VoxtralLLMService(LLMService):
             max_secs=c.max_utterance_secs,
         )
         if samples is None:
-            stats["dropped"] = reason
-            logger.debug(f"{self}: turn {stats['turn']} dropped without inference: {reason}")
+            stats.dropped = reason
+            logger.debug(f"{self}: turn {stats.turn} dropped without inference: {reason}")
             if not speculative:  # no answer is coming: whoever waits for one (a transport) stops
                 await self.broadcast_frame(UserTurnIgnoredFrame, reason=reason)
             return
-        if self._engine is None and self._vllm is None:
-            stats["error"] = "not ready"
+        if not self._ready:
+            stats.error = "not ready"
             await self.push_error("Voxtral received a user turn before its model was loaded")
             return
         user = self._context.add_user(samples)
         self._context.release_old_audio(transcribing=c.transcribe_history)  # a long session stays flat
-        turn = _Turn(index=stats["turn"], stats=stats)
+        turn = Answer(index=stats.turn, stats=stats)
         if speculative:
             turn.speculation = Speculation(user, calls_before=self._generate_calls)
             self._speculation.turn = turn
@@ -592,20 +512,21 @@ class VoxtralLLMService(LLMService):
         """A completion pipecat asked for (context frame, ``LLMRunFrame``, appended messages)."""
         if self._speculation.turn is not None:
             await self._speculation.discard(self, f"a completion was requested ({trigger})")
-        await self._cancel_idle_work()
+        await self._idle.cancel()
         if self._turn is not None:
             await self._stop_turn()
-        if self._engine is None and self._vllm is None:
+        if not self._ready:
             await self.push_error("Voxtral was asked for a completion before its model was loaded")
             return
         stats = self._new_stats(time.time(), 0.0, trigger)
         self._turn_stats.append(stats)
-        turn = self._turn = _Turn(index=stats["turn"], stats=stats)
+        self._take_ahead(stats)
+        turn = self._turn = Answer(index=stats.turn, stats=stats)
         self._answered = {id(m) for m in self.llm_context.get_messages()}
         await self.start_ttfb_metrics()
         turn.task = self.create_task(self._run_turn(turn), f"generate-{trigger}-{turn.index}")
 
-    async def _push_answer(self, turn: _Turn, frame: Frame) -> None:
+    async def _push_answer(self, turn: Answer, frame: Frame) -> None:
         """Push a frame of the answer, or hold it while the answer is speculative."""
         if turn.speculation is not None:
             turn.speculation.hold(frame)
@@ -623,17 +544,17 @@ class VoxtralLLMService(LLMService):
             logger.debug(f"{self}: answer cut off; the context keeps what was heard: {heard!r}")
             context_turn.text = heard
 
-    async def _emit(self, turn: _Turn, text: str) -> None:
+    async def _emit(self, turn: Answer, text: str) -> None:
         """Send one token's text downstream (never after the turn was stopped)."""
         if not text or turn.stopped:
             return
         if not turn.text_parts:
             await self.stop_ttfb_metrics()
-            turn.stats["ttft_ms"] = (time.time() - turn.stats["speech_end_time"]) * 1000
+            turn.stats.ttft_ms = (time.time() - turn.stats.speech_end_time) * 1000
         turn.text_parts.append(text)
         await self._push_answer(turn, LLMTextFrame(text))
 
-    async def _run_turn(self, turn: _Turn):
+    async def _run_turn(self, turn: Answer):
         """Stream one answer to the pipeline; pushes the response frames."""
         await self._push_answer(turn, LLMFullResponseStartFrame())
         await self.start_processing_metrics()
@@ -650,16 +571,14 @@ class VoxtralLLMService(LLMService):
                 )
             )
         except asyncio.CancelledError:
-            turn.stats["interrupted"] = True
+            turn.stats.interrupted = True
             # Cancelled from outside (the session is ending): the shared engine must stop too, not
             # decode the rest of an answer nobody hears while other sessions wait.
-            turn.stopped = True
-            if turn.request is not None:
-                turn.request.cancel.set()
+            turn.stop()
             raise
         except Exception as e:
             failed = True
-            turn.stats["error"] = f"{type(e).__name__}: {e}"
+            turn.stats.error = f"{type(e).__name__}: {e}"
             await self.cancel_ttfb_metrics()
             what = "ran out of memory" if isinstance(e, torch.OutOfMemoryError) else "failed"
             await self.push_error(
@@ -681,7 +600,7 @@ class VoxtralLLMService(LLMService):
             await self.push_frame(TTSSpeakFrame(apology, append_to_context=False))
         self._start_idle_work()
 
-    async def _answer_with_tools(self, turn: _Turn) -> EngineResult:
+    async def _answer_with_tools(self, turn: Answer) -> EngineResult:
         """Generate; while the model calls functions, run them, add call and result, and go on.
 
         Only the answer text is sent downstream: a call is held back from the first
@@ -692,15 +611,26 @@ class VoxtralLLMService(LLMService):
         for round_index in range(rounds + 1):
             stream = ToolCallStream()
             self._generate_calls += 1
-            max_audios = self._config.vllm.max_audios if self._vllm is not None else None
-            request = self._context.request(max_audios=max_audios)
+            request = self._context.request(max_audios=self._backend.max_audios)
             if request.dropped and round_index == 0:
                 # What Voxtral cannot take is named once; the rest of the turn is answered.
                 await self.push_error(f"Voxtral left out of the context: {'; '.join(request.dropped)}")
-            if self._vllm is not None:
-                result = await self._answer_vllm(turn, stream, request.messages)
-            else:
-                result = await self._answer_local(turn, stream, request.messages)
+            seed = self._settings.seed if isinstance(self._settings.seed, int) else self._config.seed
+            job = AnswerJob(
+                session_id=self.session_id,
+                messages=request.messages,
+                tools=self.offered_tools(),
+                seed=None if seed is None else seed + turn.index,
+                min_new_tokens=self._min_new_tokens,
+                cancel=turn.cancel,
+                on_finished=turn.engine_finished,
+                **self._sampling(),
+            )
+
+            async def feed(text: str, stream: ToolCallStream = stream) -> None:
+                await self._emit(turn, stream.feed(text))
+
+            result = await self._backend.answer(job, feed, stream.add_calls)
             total = result if total is None else _merged(total, result)
             calls = stream.calls()
             if not calls:
@@ -713,14 +643,14 @@ class VoxtralLLMService(LLMService):
                 break
             if round_index == rounds:
                 logger.warning(f"{self}: turn {turn.index}: still calling functions after {rounds} rounds")
-                turn.stats["tool_rounds_exhausted"] = True
+                turn.stats.tool_rounds_exhausted = True
                 break
             if not await self._run_tools(turn, calls):
                 break  # every handler asked for no further inference (run_llm=False)
         assert total is not None
         return total
 
-    async def _run_tools(self, turn: _Turn, calls: list[ToolCall]) -> bool:
+    async def _run_tools(self, turn: Answer, calls: list[ToolCall]) -> bool:
         """Run a round of calls through pipecat; True to answer their results in this turn."""
         said = turn.text[turn.context_chars :]
         turn.context_chars = len(turn.text)
@@ -731,7 +661,7 @@ class VoxtralLLMService(LLMService):
                 return
             text = t.filler_text or language(self._config.language).filler
             space = "" if not turn.text or turn.text[-1].isspace() else " "
-            turn.stats["fillers"] = turn.stats.get("fillers", 0) + 1
+            turn.stats.fillers += 1
             await self._emit(turn, f"{space}{text} ")
 
         self._tool_round = ToolRound(
@@ -739,7 +669,7 @@ class VoxtralLLMService(LLMService):
             calls,
             said=said,
             record=self.records_answers,
-            records=turn.stats.setdefault("tool_calls", []),
+            records=turn.stats.tool_calls,
             say=say_filler if t.filler else None,
             filler_after_s=t.filler_after_ms / 1000,
         )
@@ -757,81 +687,28 @@ class VoxtralLLMService(LLMService):
             "top_p": st.top_p if isinstance(st.top_p, (int, float)) else c.top_p,
         }
 
-    async def _answer_local(
-        self, turn: _Turn, stream: ToolCallStream, messages: list[dict[str, Any]]
-    ) -> EngineResult:
-        assert self._engine is not None
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        c = self._config
-
-        def on_delta(text: str, n_tokens: int) -> None:  # on the engine thread
-            _call_soon(loop, queue.put_nowait, text)
-
-        seed = self._settings.seed if isinstance(self._settings.seed, int) else c.seed
-        turn.request = EngineRequest(
-            session_id=self.session_id,
-            conversation=messages,
-            on_delta=on_delta,
-            seed=None if seed is None else seed + turn.index,
-            min_new_tokens=self._min_new_tokens,
-            tools=self._offered_tools(),
-            **self._sampling(),
-        )
-        future = asyncio.wrap_future(self._engine.submit(turn.request))
-        future.add_done_callback(lambda _: queue.put_nowait(_END))
-        while (item := await queue.get()) is not _END:
-            await self._emit(turn, stream.feed(item))
-        # Deltas scheduled before the end marker are all in the queue ahead of it.
-        return future.result()
-
-    async def _answer_vllm(
-        self, turn: _Turn, stream: ToolCallStream, messages: list[dict[str, Any]]
-    ) -> EngineResult:
-        assert self._vllm is not None
-        c = self._config
-        sampling = self._sampling()
-        body = self._vllm.chat_body(
-            messages,
-            max_tokens=sampling["max_new_tokens"],
-            temperature=sampling["temperature"],
-            top_p=sampling["top_p"],
-            tools=self._offered_tools(),
-        )
-        result = EngineResult()
-        deltas: dict[int, dict[str, str]] = {}
-        user_turns = self._context.user_turns
-        result.audio_tokens = sum(
-            375 * max(1, -(-len(t.audio) // (30 * SAMPLE_RATE)))
-            for t in user_turns[max(0, len(user_turns) - c.vllm.max_audios) :]
-            if t.audio is not None
-        )
-        async for text in self._vllm.stream_chat(body, result, deltas):
-            await self._emit(turn, stream.feed(text))
-        stream.add_calls(openai_tool_calls(deltas))
-        return result
-
-    def _record_result(self, turn: _Turn, result: EngineResult) -> None:
+    def _record_result(self, turn: Answer, result: EngineResult) -> None:
         s = turn.stats
-        s["prompt_tokens"] = result.prompt_tokens
-        s["audio_tokens"] = result.audio_tokens
-        s["prefill_tokens"] = result.prefill_tokens
-        s["cached_tokens"] = result.cached_tokens
-        s["completion_tokens"] = result.completion_tokens
-        s["generate_calls"] = result.generate_calls
-        s["preemptions"] = result.preemptions
-        s["queued_ms"] = result.queued_s * 1000
-        s["prepare_ms"] = result.prepare_s * 1000
-        s["first_token_ms"] = None if result.first_token_s is None else result.first_token_s * 1000
-        s["generate_ms"] = result.generate_s * 1000
-        s["decode_tokens_per_s"] = result.decode_tokens_per_s
+        s.prompt_tokens = result.prompt_tokens
+        s.audio_tokens = result.audio_tokens
+        s.prefill_tokens = result.prefill_tokens
+        s.prefill_ms = result.prefill_s * 1000
+        s.cached_tokens = result.cached_tokens
+        s.completion_tokens = result.completion_tokens
+        s.generate_calls = result.generate_calls
+        s.preemptions = result.preemptions
+        s.queued_ms = result.queued_s * 1000
+        s.prepare_ms = result.prepare_s * 1000
+        s.first_token_ms = None if result.first_token_s is None else result.first_token_s * 1000
+        s.generate_ms = result.generate_s * 1000
+        s.decode_tokens_per_s = result.decode_tokens_per_s
         logger.debug(
             f"{self}: turn {turn.index}: {result.prompt_tokens} prompt tokens ({result.audio_tokens} audio, "
-            f"{result.prefill_tokens} prefilled), {result.completion_tokens} generated in "
-            f"{result.generate_calls} call(s), first token {s['first_token_ms'] or 0:.0f} ms"
+            f"{result.prefill_tokens} prefilled, {s.ahead_prefill_tokens} ahead), {result.completion_tokens} "
+            f"generated in {result.generate_calls} call(s), first token {s.first_token_ms or 0:.0f} ms"
         )
 
-    def _close_turn(self, turn: _Turn) -> None:
+    def _close_turn(self, turn: Answer) -> None:
         """Put the bot's answer, as far as it was sent downstream, into the context (once)."""
         if turn.closed:
             return
@@ -839,7 +716,7 @@ class VoxtralLLMService(LLMService):
             turn.speculation.finished = True  # closed when confirmed (or discarded, unheard)
             return
         turn.closed = True
-        turn.stats["text"] = turn.text
+        turn.stats.text = turn.text
         if self.records_answers:  # else pipecat's assistant aggregator records what was spoken
             said = self._context.add_assistant(turn.text[turn.context_chars :])
             self._unplayed = (said, turn.context_chars)
@@ -851,11 +728,9 @@ class VoxtralLLMService(LLMService):
         turn = self._turn
         if turn is None:
             return
-        turn.stopped = True
-        if turn.request is not None:
-            turn.request.cancel.set()
+        turn.stop()
         if turn.task is not None and not turn.task.done():
-            turn.stats["interrupted"] = True
+            turn.stats.interrupted = True
             await self.cancel_task(turn.task)
         self._close_turn(turn)
         await self.cancel_ttfb_metrics()
@@ -867,171 +742,16 @@ class VoxtralLLMService(LLMService):
             await asyncio.wait({turn.task})
 
     # ------------------------------------------------------------------------------------------
-    # Idle-time work: transcripts of user turns, then a refresh of the KV cache
+    # Idle-time work (.idle) and what it costs the next turn
 
     def _start_idle_work(self) -> None:
         if self._speculation.turn is not None:
             return  # the engine is the speculative answer's (and the context may lose its user turn)
-        transcripts = self._config.transcribe_history and bool(self._context.needs_transcript())
-        if not (transcripts or self._refresh_due()):
-            return
-        if self._idle_task is not None and not self._idle_task.done():
-            return
-        self._idle_task = self.create_task(self._idle_work(), "voxtral-idle-work")
+        self._idle.start()
 
-    def _refresh_due(self) -> bool:
-        """The next turn pushes a user turn out of the audio budget: its prompt prefix will change."""
-        ctx = self._context
-        return (
-            self._engine is not None
-            and self._config.kv_cache
-            # Tools are rendered before the *last* user turn (Mistral tokenizers before v13), so
-            # with tools the next prompt always differs from the cached one there.
-            and (ctx.audio_limit(upcoming=1) > ctx.audio_limit() or bool(self._offered_tools()))
-        )
-
-    async def _cancel_idle_work(self) -> None:
-        if self._idle_cancel is not None:
-            self._idle_cancel.set()
-        task, self._idle_task = self._idle_task, None
-        if task is not None and not task.done():
-            await self.cancel_task(task)
-
-    async def _idle_work(self) -> None:
-        cancel = self._idle_cancel = threading.Event()
-        c = self._config
-        changed = self._refresh_due()
-        limit = self._context.audio_limit(upcoming=1)
-        users = self._context.user_turns
-        for turn in self._context.needs_transcript() if c.transcribe_history else []:
-            if cancel.is_set():
-                return
-            try:
-                if self._vllm is not None:
-                    text = await self._vllm.transcribe(turn.audio, c.transcription_language)
-                else:
-                    assert self._engine is not None
-                    request = EngineRequest(
-                        session_id=self.session_id,
-                        kind="transcribe",
-                        audio=turn.audio,
-                        cancel=cancel,
-                        max_new_tokens=max(16, int(turn.duration_secs * 8) + 16),
-                        language=c.transcription_language,
-                    )
-                    result = await asyncio.wrap_future(self._engine.submit(request))
-                    if result.cancelled:
-                        return  # a new turn took the engine; try again after its answer
-                    text = result.text.strip()
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                logger.warning(f"{self}: transcript failed: {type(e).__name__}: {e}")
-                return
-            turn.transcript = text
-            changed = changed or any(t.message is turn.message for t in users[:limit])
-            if text:
-                # For the user aggregator and RTVI clients: what the user said in that turn.
-                self._echoes.append(text)
-                del self._echoes[:-16]
-                await self.push_frame(
-                    TranscriptionFrame(text=text, user_id="", timestamp=time_now_iso8601(), result=text),
-                    FrameDirection.UPSTREAM,
-                )
-        if changed and self._engine is not None and c.kv_cache and not cancel.is_set():
-            # The next turn will see these transcripts: prefill that context now, while idle.
-            refresh = EngineRequest(
-                session_id=self.session_id,
-                kind="refresh",
-                conversation=self._context.render(upcoming=1),
-                tools=self._offered_tools(),
-                cancel=cancel,
-            )
-            try:
-                await asyncio.wrap_future(self._engine.submit(refresh))
-            except Exception as e:  # only a head start was lost: the next turn prefills instead
-                logger.warning(f"{self}: cache refresh failed: {type(e).__name__}: {e}")
-
-
-_SHARED: dict[tuple, VoxtralBundle] = {}
-
-
-def shared_bundle(config: VoxtralConfig) -> VoxtralBundle:
-    """One loaded model per (spec, device, dtype, attention, seed) in the process."""
-    key = (config.model, config.device, config.dtype, config.attn_implementation, config.seed)
-    bundle = _SHARED.get(key)
-    if bundle is None:
-        bundle = load_voxtral(
-            config.model,
-            config.device,
-            config.dtype,
-            config.seed,
-            attn_implementation=config.attn_implementation,
-        )
-        _SHARED[key] = bundle
-    return bundle
-
-
-class _SpeechBuffer:
-    """The user's audio between the user aggregator's turn frames, with a short pre-speech margin."""
-
-    def __init__(self) -> None:
-        self._chunks: list[InputAudioRawFrame] = []
-        self._speaking = False
-        self._started_at = 0.0
-
-    def add(self, frame: InputAudioRawFrame) -> None:
-        self._chunks.append(frame)
-        if not self._speaking:  # keep only the pre-speech margin
-            secs = 0.0
-            for i in range(len(self._chunks) - 1, -1, -1):
-                c = self._chunks[i]
-                secs += len(c.audio) / (2 * c.num_channels * c.sample_rate)
-                if secs > PRE_SPEECH_SECS:
-                    del self._chunks[:i]
-                    break
-
-    def start(self) -> None:
-        if not self._speaking:
-            self._speaking = True
-            self._started_at = time.time()
-
-    def interrupted(self) -> None:
-        """An interruption is the start of the user's turn, not its end: keep what was heard."""
-
-    def stop(self) -> UserUtteranceFrame | None:
-        """The turn's audio as one utterance (16-bit mono at the input rate), or None if none came."""
-        if not self._speaking:
-            return None
-        self._speaking = False
-        chunks, self._chunks = self._chunks, []
-        if not chunks:
-            return None
-        rate = chunks[0].sample_rate
-        parts = []
-        for c in chunks:
-            samples = pcm16_to_float(c.audio)
-            if c.num_channels > 1:
-                samples = samples.reshape(-1, c.num_channels).mean(axis=1)
-            parts.append(resample(samples, c.sample_rate, rate))
-        pcm = float_to_pcm16(np.concatenate(parts))
-        now = time.time()
-        return UserUtteranceFrame(
-            audio=pcm,
-            sample_rate=rate,
-            speech_start_time=self._started_at,
-            speech_end_time=now,
-            vad_stop_time=now,
-            turn_end_time=now,
-        )
-
-
-def _call_soon(loop: asyncio.AbstractEventLoop, callback: Any, *args: Any) -> None:
-    """Schedule on the event loop from the engine thread; a closed loop has nobody to tell."""
-    try:
-        loop.call_soon_threadsafe(callback, *args)
-    except RuntimeError:
-        pass
+    def bill_ahead(self, result: EngineResult) -> None:
+        """Prefill done for the next turn before it starts (idle refresh, discarded speculation)."""
+        self._ahead.add(result.prefill_tokens, result.prefill_s)
 
 
 def _merged(total: EngineResult, more: EngineResult) -> EngineResult:
@@ -1042,6 +762,7 @@ def _merged(total: EngineResult, more: EngineResult) -> EngineResult:
         setattr(total, name, getattr(total, name) + getattr(more, name))
     total.generate_s += more.generate_s
     total.prepare_s += more.prepare_s
+    total.prefill_s += more.prefill_s
     total.cancelled = more.cancelled
     if total.first_token_s is None:
         total.first_token_s = more.first_token_s

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from loguru import logger
 from pipecat.frames.frames import Frame, LLMTextFrame
@@ -35,6 +35,7 @@ from voxtral_pipeline.frames import SpeculativeUtteranceFrame, UserUtteranceFram
 from voxtral_pipeline.processors.voxtral.context import ContextTurn
 
 if TYPE_CHECKING:
+    from voxtral_pipeline.processors.voxtral.answer import Answer
     from voxtral_pipeline.processors.voxtral.processor import VoxtralLLMService
 
 
@@ -68,14 +69,14 @@ class SpeculativeStarts:
     """The Voxtral stage's speculative answer (at most one at a time) and what became of them."""
 
     def __init__(self) -> None:
-        self.turn: Any = None  # the stage's _Turn, with its .speculation set
+        self.turn: Answer | None = None  # the speculative answer (its .speculation set)
         self.confirmed = 0
         self.discarded = 0
 
     async def start(self, service: VoxtralLLMService, frame: SpeculativeUtteranceFrame) -> None:
         """Start answering the audio so far (replacing an earlier speculation of the same turn)."""
         await self.discard(service, "a later pause superseded it")
-        if service._offered_tools() or service._turn is not None:
+        if service.offered_tools() or service._turn is not None:
             return  # functions must not run for an unfinished turn; or an answer is still streaming
         await service._start_turn(frame.utterance, speculative=True)
 
@@ -83,7 +84,7 @@ class SpeculativeStarts:
         """At the end of the turn: release the speculative answer (True) or discard it (False)."""
         if self.turn is None:
             return False
-        if frame.confirms_speculation and not self.turn.stats.get("error"):
+        if frame.confirms_speculation and not self.turn.stats.error:
             await self._confirm(service)
             return True
         why = "it failed; the turn is answered afresh" if frame.confirms_speculation else "the user went on"
@@ -94,8 +95,10 @@ class SpeculativeStarts:
         turn, self.turn = self.turn, None
         spec: Speculation = turn.speculation
         saved = spec.saved_secs(time.time())
-        turn.stats["speculation_saved_ms"] = round(saved * 1000, 1)
+        turn.stats.speculation_saved_ms = round(saved * 1000, 1)
+        turn.stats.speculative = True
         service._turn_stats.append(turn.stats)
+        service._take_ahead(turn.stats)
         self.confirmed += 1
         if not spec.finished:
             service._turn = turn
@@ -116,9 +119,8 @@ class SpeculativeStarts:
         turn, self.turn = self.turn, None
         if turn is None:
             return
-        turn.closed = turn.stopped = True  # nothing more is sent, nothing enters the context
-        if turn.request is not None:
-            turn.request.cancel.set()
+        # Nothing more is sent, nothing enters the context; its prefill was for the turn that follows.
+        turn.discard(service.bill_ahead)
         if turn.task is not None and not turn.task.done():
             await service.cancel_task(turn.task)
         spec: Speculation = turn.speculation

@@ -33,6 +33,7 @@ from pipecat.frames.frames import (
     FunctionCallResultFrame,
 )
 
+from voxtral_pipeline.processors.voxtral.stats import ToolCallRecord
 from voxtral_pipeline.processors.voxtral.tools import ToolCall
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class ToolRound:
         *,
         said: str,
         record: bool,
-        records: list[dict[str, Any]],
+        records: list[ToolCallRecord],
         say: Callable[[], Awaitable[None]] | None = None,
         filler_after_s: float | None = None,
     ):
@@ -156,15 +157,8 @@ class ToolRound:
 
     def _write(self, call_id: str, content: str, *, error: str | None = None, result: Any = None) -> None:
         call = next(c for c in self._calls if c.id == call_id)
-        self._records.append(
-            {
-                "name": call.name,
-                "arguments": call.arguments,
-                "result": result,
-                "error": error,
-                "ms": (time.perf_counter() - self._started.get(call_id, time.perf_counter())) * 1000,
-            }
-        )
+        ms = (time.perf_counter() - self._started.get(call_id, time.perf_counter())) * 1000
+        self._records.append(ToolCallRecord(call.name, call.arguments, result, error, ms))
         message = self._messages.get(call_id)
         if message is not None:
             message["content"] = content
