@@ -44,11 +44,9 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.machine import machine_info  # noqa: E402
 from voxtral_pipeline.audio import float_to_pcm16, resample  # noqa: E402
 from voxtral_pipeline.config import PipelineConfig, load_config  # noqa: E402
+from voxtral_pipeline.machine import machine_info  # noqa: E402
 from voxtral_pipeline.server import BotServer, Session, SharedModels  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

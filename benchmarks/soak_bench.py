@@ -29,19 +29,17 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 from benchmarks.load_bench import QUESTIONS, speak  # noqa: E402
-from benchmarks.machine import machine_info  # noqa: E402
-from tests.reliability_helpers import Snapshot  # noqa: E402
 from voxtral_pipeline.audio import float_to_pcm16  # noqa: E402
 from voxtral_pipeline.config import ChunkerConfig, KokoroConfig, VoxtralConfig  # noqa: E402
 from voxtral_pipeline.frames import UserUtteranceFrame  # noqa: E402
+from voxtral_pipeline.machine import machine_info  # noqa: E402
 from voxtral_pipeline.models.kokoro import load_kokoro  # noqa: E402
 from voxtral_pipeline.processors.chunker import WordChunker  # noqa: E402
 from voxtral_pipeline.processors.kokoro import KokoroTTSService  # noqa: E402
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService  # noqa: E402
 from voxtral_pipeline.processors.voxtral.backend import shared_bundle  # noqa: E402
+from voxtral_pipeline.testing.resources import Snapshot  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -39,15 +39,13 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.machine import machine_info  # noqa: E402
-from tests.voxtral_fixtures import ForcedGeneration  # noqa: E402
 from voxtral_pipeline.config import VoxtralConfig  # noqa: E402
 from voxtral_pipeline.frames import UserUtteranceFrame  # noqa: E402
+from voxtral_pipeline.machine import machine_info  # noqa: E402
 from voxtral_pipeline.models.tekken import EOS_TOKEN_ID, TOOL_CALLS_TOKEN_ID  # noqa: E402
 from voxtral_pipeline.models.voxtral import load_voxtral  # noqa: E402
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService  # noqa: E402
+from voxtral_pipeline.testing.voxtral import ForcedGeneration  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LOOKUP = FunctionSchema(

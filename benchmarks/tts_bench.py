@@ -47,10 +47,8 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.services.tts_service import TextAggregationMode
 from pipecat.workers.runner import WorkerRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.machine import machine_info  # noqa: E402
 from voxtral_pipeline.config import ChunkerConfig, KokoroConfig  # noqa: E402
+from voxtral_pipeline.machine import machine_info  # noqa: E402
 from voxtral_pipeline.models.kokoro import KokoroBundle, load_kokoro  # noqa: E402
 from voxtral_pipeline.processors.chunker import WordChunker  # noqa: E402
 from voxtral_pipeline.processors.kokoro import KokoroTTSService  # noqa: E402

@@ -40,11 +40,9 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.machine import machine_info  # noqa: E402
 from voxtral_pipeline.config import VoxtralConfig  # noqa: E402
 from voxtral_pipeline.frames import UserUtteranceFrame  # noqa: E402
+from voxtral_pipeline.machine import machine_info  # noqa: E402
 from voxtral_pipeline.models.voxtral import load_voxtral  # noqa: E402
 from voxtral_pipeline.processors.voxtral import VoxtralEngine, VoxtralLLMService  # noqa: E402
 

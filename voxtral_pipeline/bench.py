@@ -581,7 +581,7 @@ def bench_command(args: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_BAD_INPUT)
 
     if args.current is None:
-        from voxtral_pipeline.cli import keep_log_level
+        from voxtral_pipeline.logs import keep_log_level
 
         keep_log_level(args.log_level)
         try:

@@ -13,6 +13,9 @@ from typing import Any
 
 from loguru import logger
 
+from voxtral_pipeline.logs import keep_log_level  # noqa: F401
+from voxtral_pipeline.logs import setup_logging as _setup_logging
+
 EXIT_OK = 0
 EXIT_RUNTIME = 1
 EXIT_BAD_INPUT = 2
@@ -91,40 +94,6 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip()] = value
     return out
-
-
-# pipecat logs a stage whose setup() failed twice at ERROR level; the CLI says it once, clearly.
-_REPEATED_SETUP_ERRORS = ("Error setting up processor", "can no longer do its job")
-
-
-def _not_repeated_setup_error(record) -> bool:
-    return not (
-        record["name"].startswith("pipecat")
-        and record["level"].name == "ERROR"
-        and any(s in record["message"] for s in _REPEATED_SETUP_ERRORS)
-    )
-
-
-def _setup_logging(level: str) -> None:
-    logger.remove()
-    try:
-        logger.add(sys.stderr, level=level.upper(), filter=_not_repeated_setup_error)
-    except ValueError:
-        logger.add(sys.stderr, level="INFO")
-        logger.warning(f"unknown log level {level!r}, using INFO")
-
-
-def keep_log_level(level: str) -> None:
-    """Import the kokoro package now and set our log sink again.
-
-    kokoro replaces loguru's sinks with its own (INFO) when first imported, which would undo
-    --log-level once the TTS loads; called once the input is known good, before any model loads.
-    """
-    try:
-        import kokoro  # noqa: F401
-    except Exception:  # not installed, or broken: the Kokoro stage reports that itself
-        pass
-    _setup_logging(level)
 
 
 def _fail(message: str, code: int) -> int:

@@ -54,28 +54,12 @@ from pipecat.services.tts_service import TTSService
 
 from voxtral_pipeline.config import MetricsConfig
 from voxtral_pipeline.frames import BotAudioStoppedFrame, UserUtteranceFrame
-
-#: Marks, in milliseconds from the real end of user speech, in waterfall order.
-LATENCY_FIELDS = (
-    "vad_stop_ms",
-    "end_of_turn_ms",
-    "inference_start_ms",
-    "ttft_ms",
-    "first_chunk_ms",
-    "first_audio_ms",
-    "voice_to_voice_ms",
+from voxtral_pipeline.telemetry.fields import (  # noqa: F401  (re-exported: bench, reports)
+    LATENCY_FIELDS,
+    PERCENTILES,
+    STAGE_FIELDS,
+    SUMMARY_FIELDS,
 )
-#: Time spent by each stage on the way to the first bot audio (milliseconds).
-STAGE_FIELDS = (
-    "vad_wait_ms",
-    "turn_detect_ms",
-    "voxtral_ttft_ms",
-    "first_chunk_wait_ms",
-    "kokoro_ttfb_ms",
-    "overhead_ms",
-)
-SUMMARY_FIELDS = LATENCY_FIELDS + STAGE_FIELDS
-PERCENTILES = (50, 90, 95)
 
 
 class VoiceTurnMetricsData(MetricsData):

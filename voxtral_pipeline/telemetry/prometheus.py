@@ -13,7 +13,7 @@ import threading
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from voxtral_pipeline.processors.metrics import LATENCY_FIELDS, STAGE_FIELDS
+from voxtral_pipeline.telemetry.fields import LATENCY_FIELDS, STAGE_FIELDS
 
 #: Content type of :meth:`TurnHistograms.render`'s output.
 CONTENT_TYPE = CONTENT_TYPE_LATEST

@@ -188,7 +188,7 @@ class VoxtralLLMService(LLMService):
         self._ahead = AheadWork()  # prefill done for the next turn (idle refresh, discarded speculation)
         self._turn: Answer | None = None
         self._generate_calls = 0
-        self._speculation = SpeculativeStarts()
+        self._speculation = SpeculativeStarts(self)
         # The last answer in the context whose playback is not known to be complete: at an
         # interruption it is replaced by what was actually heard (BotSpokenTextFrame).
         self._unplayed: tuple[ContextTurn, int] | None = None
@@ -353,9 +353,9 @@ class VoxtralLLMService(LLMService):
         if isinstance(frame, UserUtteranceFrame):
             await self._start_turn(frame)
         elif isinstance(frame, SpeculativeUtteranceFrame):
-            await self._speculation.start(self, frame)
+            await self._speculation.start(frame)
         elif isinstance(frame, SpeculationCancelFrame):
-            await self._speculation.discard(self, "the user went on speaking")
+            await self._speculation.discard("the user went on speaking")
         elif isinstance(frame, LLMContextFrame):
             await self._on_context_frame(frame)
         elif isinstance(frame, LLMRunFrame):
@@ -376,19 +376,19 @@ class VoxtralLLMService(LLMService):
             self._on_spoken(frame)
             await self.push_frame(frame, direction)
         elif isinstance(frame, InterruptionFrame):
-            await self._speculation.discard(self, "interrupted")
+            await self._speculation.discard("interrupted")
             await self._stop_turn()
             self._speech.interrupted()
             await self.push_frame(frame, direction)
         elif isinstance(frame, EndFrame):
             # A graceful end lets the answer in progress finish (max_new_tokens bounds it).
-            await self._speculation.discard(self, "the session ended")
+            await self._speculation.discard("the session ended")
             await self._wait_turn()
             await self._idle.cancel()
             await self.push_frame(frame, direction)
         elif isinstance(frame, CancelFrame):
             await self._idle.cancel()
-            await self._speculation.discard(self, "the session was cancelled")
+            await self._speculation.discard("the session was cancelled")
             await self._stop_turn()
             await self.push_frame(frame, direction)
         else:
@@ -470,7 +470,7 @@ class VoxtralLLMService(LLMService):
         stats.ahead_prefill_tokens, stats.ahead_prefill_ms = self._ahead.take()
 
     async def _start_turn(self, frame: UserUtteranceFrame, speculative: bool = False):
-        if not speculative and await self._speculation.settle(self, frame):
+        if not speculative and await self._speculation.settle(frame):
             return  # the answer started at the VAD stop answers this turn: released
         await self._idle.cancel()
         if self._turn is not None:
@@ -511,7 +511,7 @@ class VoxtralLLMService(LLMService):
     async def _start_text_turn(self, trigger: str) -> None:
         """A completion pipecat asked for (context frame, ``LLMRunFrame``, appended messages)."""
         if self._speculation.turn is not None:
-            await self._speculation.discard(self, f"a completion was requested ({trigger})")
+            await self._speculation.discard(f"a completion was requested ({trigger})")
         await self._idle.cancel()
         if self._turn is not None:
             await self._stop_turn()
@@ -740,6 +740,38 @@ class VoxtralLLMService(LLMService):
         turn = self._turn
         if turn is not None and turn.task is not None and not turn.task.done():
             await asyncio.wait({turn.task})
+
+    # ------------------------------------------------------------------------------------------
+    # The speculative start's host (.speculation.SpeculationHost)
+
+    def can_speculate(self) -> bool:
+        return not self.offered_tools() and self._turn is None
+
+    async def start_speculative(self, utterance: UserUtteranceFrame) -> None:
+        await self._start_turn(utterance, speculative=True)
+
+    def adopt(self, answer: Answer, finished: bool) -> None:
+        self._turn_stats.append(answer.stats)
+        self._take_ahead(answer.stats)
+        if not finished:
+            self._turn = answer
+
+    async def release(self, frame: Frame) -> None:
+        await self.push_frame(frame)
+
+    def finish(self, answer: Answer) -> None:
+        self._close_turn(answer)
+        self._start_idle_work()
+
+    async def withdraw(self, answer: Answer) -> None:
+        # Nothing more is sent, nothing enters the context; its prefill was for the turn that follows.
+        answer.discard(self.bill_ahead)
+        if answer.task is not None and not answer.task.done():
+            await self.cancel_task(answer.task)
+        spec = answer.speculation
+        if spec is not None:
+            self._context.remove(spec.user)
+            self._generate_calls = spec.calls_before  # it counts inferences for confirmed turns only
 
     # ------------------------------------------------------------------------------------------
     # Idle-time work (.idle) and what it costs the next turn

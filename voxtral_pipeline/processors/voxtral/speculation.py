@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from loguru import logger
 from pipecat.frames.frames import Frame, LLMTextFrame
@@ -36,7 +36,6 @@ from voxtral_pipeline.processors.voxtral.context import ContextTurn
 
 if TYPE_CHECKING:
     from voxtral_pipeline.processors.voxtral.answer import Answer
-    from voxtral_pipeline.processors.voxtral.processor import VoxtralLLMService
 
 
 @dataclass
@@ -65,67 +64,79 @@ class Speculation:
         return max(0.0, min(confirmed_at, first) - self.started_at)
 
 
+class SpeculationHost(Protocol):
+    """What the speculative start needs of the stage (the stage implements it; no import of it here)."""
+
+    def can_speculate(self) -> bool:
+        """No answer is streaming and no function is offered (none may run for an unfinished turn)."""
+
+    async def start_speculative(self, utterance: UserUtteranceFrame) -> None:
+        """Start an answer whose frames are held (it sets ``SpeculativeStarts.turn``)."""
+
+    def adopt(self, answer: Answer, finished: bool) -> None:
+        """Count a confirmed answer as the turn's (its stats; the current answer unless finished)."""
+
+    async def release(self, frame: Frame) -> None:
+        """Push a held frame downstream."""
+
+    def finish(self, answer: Answer) -> None:
+        """An answer that ended before confirmation: into the context, then the idle work."""
+
+    async def withdraw(self, answer: Answer) -> None:
+        """Stop a discarded answer, bill its work, and take its user turn out of the conversation."""
+
+
 class SpeculativeStarts:
     """The Voxtral stage's speculative answer (at most one at a time) and what became of them."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: SpeculationHost) -> None:
+        self._host = host
         self.turn: Answer | None = None  # the speculative answer (its .speculation set)
         self.confirmed = 0
         self.discarded = 0
 
-    async def start(self, service: VoxtralLLMService, frame: SpeculativeUtteranceFrame) -> None:
+    async def start(self, frame: SpeculativeUtteranceFrame) -> None:
         """Start answering the audio so far (replacing an earlier speculation of the same turn)."""
-        await self.discard(service, "a later pause superseded it")
-        if service.offered_tools() or service._turn is not None:
-            return  # functions must not run for an unfinished turn; or an answer is still streaming
-        await service._start_turn(frame.utterance, speculative=True)
+        await self.discard("a later pause superseded it")
+        if self._host.can_speculate():
+            await self._host.start_speculative(frame.utterance)
 
-    async def settle(self, service: VoxtralLLMService, frame: UserUtteranceFrame) -> bool:
+    async def settle(self, frame: UserUtteranceFrame) -> bool:
         """At the end of the turn: release the speculative answer (True) or discard it (False)."""
         if self.turn is None:
             return False
         if frame.confirms_speculation and not self.turn.stats.error:
-            await self._confirm(service)
+            await self._confirm()
             return True
         why = "it failed; the turn is answered afresh" if frame.confirms_speculation else "the user went on"
-        await self.discard(service, why)
+        await self.discard(why)
         return False
 
-    async def _confirm(self, service: VoxtralLLMService) -> None:
+    async def _confirm(self) -> None:
         turn, self.turn = self.turn, None
-        spec: Speculation = turn.speculation
+        assert turn is not None and turn.speculation is not None
+        spec = turn.speculation
         saved = spec.saved_secs(time.time())
         turn.stats.speculation_saved_ms = round(saved * 1000, 1)
         turn.stats.speculative = True
-        service._turn_stats.append(turn.stats)
-        service._take_ahead(turn.stats)
         self.confirmed += 1
-        if not spec.finished:
-            service._turn = turn
+        self._host.adopt(turn, finished=spec.finished)
         # Frames the still-running answer holds while these are pushed join the queue being drained;
         # it is switched to pushing directly only once the queue is empty, so the order is kept.
         while spec.held:
-            await service.push_frame(spec.held.pop(0))
+            await self._host.release(spec.held.pop(0))
         turn.speculation = None
-        logger.debug(
-            f"{service}: speculative answer to turn {turn.index} confirmed, {saved * 1000:.0f} ms saved"
-        )
+        logger.debug(f"speculative answer to turn {turn.index} confirmed, {saved * 1000:.0f} ms saved")
         if spec.finished:
-            service._close_turn(turn)
-            service._start_idle_work()
+            self._host.finish(turn)
 
-    async def discard(self, service: VoxtralLLMService, why: str) -> None:
+    async def discard(self, why: str) -> None:
         """Cancel the speculative answer, unheard, and take its user turn out of the conversation."""
         turn, self.turn = self.turn, None
         if turn is None:
             return
-        # Nothing more is sent, nothing enters the context; its prefill was for the turn that follows.
-        turn.discard(service.bill_ahead)
-        if turn.task is not None and not turn.task.done():
-            await service.cancel_task(turn.task)
-        spec: Speculation = turn.speculation
-        service.context.remove(spec.user)
-        spec.held.clear()
+        await self._host.withdraw(turn)
+        if turn.speculation is not None:
+            turn.speculation.held.clear()
         self.discarded += 1
-        service._generate_calls = spec.calls_before  # it counts inferences for confirmed turns only
-        logger.debug(f"{service}: speculative answer discarded ({why})")
+        logger.debug(f"speculative answer discarded ({why})")
