@@ -295,3 +295,38 @@ async def test_llm_log_observer_sees_the_stage(tiny_bundle):
         logger.remove(sink)
     assert any("LLM START RESPONSE" in line and "VoxtralLLMService" in line for line in lines)
     assert any("LLM GENERATING" in line for line in lines)
+
+
+async def test_more_audio_than_voxtral_takes_is_cut_named_once_and_answered(tiny_bundle, monkeypatch):
+    """A context message with 100 s of audio (over voxtral.max_utterance_secs): its last 30 s are heard."""
+    import numpy as np
+    from pipecat.frames.frames import AudioRawFrame
+
+    from voxtral_pipeline.audio import float_to_pcm16
+
+    spy = GenerateSpy(tiny_bundle.model, monkeypatch)
+    samples = (0.1 * np.random.default_rng(7).standard_normal(100 * 16000)).astype(np.float32)
+    frame = AudioRawFrame(audio=float_to_pcm16(samples), sample_rate=16000, num_channels=1)
+    long_turn = await LLMContext.create_audio_message(audio_frames=[frame], text="What did I say?")
+    context = LLMContext(messages=[long_turn])
+    service = VoxtralLLMService(_config(max_utterance_secs=30), bundle=tiny_bundle)
+    async with StageHarness(service) as h:
+        await h.send(LLMContextFrame(context))
+        await h.wait_down(_ends(1))
+        context.add_message({"role": "assistant", "content": "Hm."})
+        context.add_message({"role": "user", "content": "And now?"})
+        await h.send(LLMContextFrame(context))
+        await h.wait_down(_ends(2))
+    errors = [f for f in h.up if isinstance(f, ErrorFrame)]
+    assert len(errors) == 1 and "the first 70.0 s of the 100.0 s of audio in message 0" in errors[0].error
+    assert [c["input_ids"].count(AUDIO_TOKEN_ID) for c in spy.calls] == [375, 375]  # 30 s, not 100
+    assert "What did I say?" in _prompt(tiny_bundle, spy.calls[0]["input_ids"])
+
+
+async def test_behind_the_turn_stage_a_transcript_goes_downstream_so_it_interrupts_nothing(tiny_bundle):
+    """Upstream, the turn stage's transcript-based turn start would take it for the user speaking."""
+    service = VoxtralLLMService(_config(transcribe_history=True), bundle=tiny_bundle, turns="utterance")
+    async with StageHarness(service) as h:
+        await h.send(make_utterance(1.0, seed=4))
+        await h.wait_down(count(TranscriptionFrame))
+    assert not any(isinstance(f, TranscriptionFrame) for f in h.up)

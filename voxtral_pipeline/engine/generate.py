@@ -150,7 +150,7 @@ class Generator:
         r.generate_s += time.perf_counter() - job.slice_t0
         new = out.sequences[0, len(ids) :].tolist()
         r.token_ids.extend(new)
-        self.kv.keep(session, ids + new, out.past_key_values)
+        self.kv.keep(session, ids + new, out.cache if self._cache_kwarg == "cache" else out.past_key_values)
         done = (
             req.cancel.is_set()
             or r.completion_tokens >= req.max_new_tokens

@@ -60,9 +60,10 @@ def _control_id(tokenizer: Any, token: str) -> int | None:
     inner = getattr(
         getattr(getattr(tokenizer, "tokenizer", None), "instruct_tokenizer", None), "tokenizer", None
     )
-    if inner is not None and hasattr(inner, "get_control_token"):
+    lookup = getattr(inner, "get_special_token", None) or getattr(inner, "get_control_token", None)
+    if lookup is not None:
         try:
-            return int(inner.get_control_token(token))
+            return int(lookup(token))
         except ValueError:
             return None
     found = tokenizer.convert_tokens_to_ids(token)

@@ -43,6 +43,7 @@ class UserAudio:
     samples: np.ndarray | None  # None once released (the turn is text from then on)
     secs: float
     transcript: str | None = None
+    cut: dict[str, Any] | None = None  # the message as heard, when its audio was too long
 
 
 class ContextTurn:
@@ -110,8 +111,10 @@ class VoxtralContext:
         audio_turns: int,
         max_user_turns: int | None = None,
         llm_context: LLMContext | None = None,
+        max_audio_secs: float | None = None,
     ):
         self._instructions = instructions
+        self.max_audio_secs = max_audio_secs
         self.audio_turns = audio_turns
         self.max_user_turns = max_user_turns
         self.llm_context = llm_context if llm_context is not None else LLMContext()
@@ -234,9 +237,40 @@ class VoxtralContext:
         text_for = {
             id(t.message): t.transcript or placeholder(t) for t in users[:limit] if audio_data(t.message)
         }
-        return self.adapter.voxtral_request(
-            self.llm_context, instructions=self.instructions, as_text=lambda m: text_for.get(id(m))
+        source: list[Any] = []
+        dropped: list[str] = []
+        for i, m in enumerate(self.llm_context.get_messages()):
+            audible = isinstance(m, dict) and id(m) not in text_for and bool(audio_data(m))
+            memory = self._memory(m) if audible else None
+            if memory is not None and self.max_audio_secs and memory.secs > self.max_audio_secs:
+                m = self._cut(m, memory)
+                cut = memory.secs - self.max_audio_secs
+                dropped.append(
+                    f"the first {cut:.1f} s of the {memory.secs:.1f} s of audio in message {i} "
+                    f"(over voxtral.max_utterance_secs={self.max_audio_secs:g})"
+                )
+            source.append(m)
+        request = self.adapter.voxtral_request(
+            self.llm_context,
+            instructions=self.instructions,
+            as_text=lambda m: text_for.get(id(m)),
+            messages=source,
         )
+        request.dropped[:0] = dropped
+        return request
+
+    def _cut(self, message: dict[str, Any], memory: UserAudio) -> dict[str, Any]:
+        """The message with only the last ``max_audio_secs`` of its audio (made once)."""
+        if memory.cut is None:
+            assert self.max_audio_secs is not None and memory.samples is not None
+            keep = memory.samples[-int(self.max_audio_secs * SAMPLE_RATE) :]
+            data = audio_content_part(keep, SAMPLE_RATE)["base64"]
+            others = [
+                p for p in message["content"] if not (isinstance(p, dict) and p.get("type") == "input_audio")
+            ]
+            audio = {"type": "input_audio", "input_audio": {"data": data, "format": "wav"}}
+            memory.cut = {**message, "content": [audio, *others]}
+        return memory.cut
 
     def render(self, upcoming: int = 0, max_audios: int | None = None) -> list[dict[str, Any]]:
         """Chat messages for the model (instructions in the first user turn)."""

@@ -51,6 +51,22 @@ class IdleWork:
         if task is not None and not task.done():
             await self._service.cancel_task(task)
 
+    async def _report(self, text: str) -> None:
+        """The transcript as a ``TranscriptionFrame``: upstream to pipecat's user aggregator, which
+        writes it into the context (the echo is removed there, see the stage), and for RTVI.
+
+        Behind the project's turn stage it goes downstream instead: pipecat's turn-start strategies
+        in that stage take an upstream transcript for the user speaking and would interrupt the bot
+        (observers, RTVI's included, see the frame either way).
+        """
+        frame = TranscriptionFrame(text=text, user_id="", timestamp=time_now_iso8601(), result=text)
+        if self._service.turn_source == "pipecat":
+            self.echoes.append(text)
+            del self.echoes[:-ECHOES_KEPT]
+            await self._service.push_frame(frame, FrameDirection.UPSTREAM)
+        else:
+            await self._service.push_frame(frame)
+
     def _refresh_due(self) -> bool:
         """The next turn's prompt prefix will change: a turn leaves the audio budget, or tools move."""
         s = self._service
@@ -85,12 +101,7 @@ class IdleWork:
             turn.transcript = text
             changed = changed or any(t.message is turn.message for t in users[:limit])
             if text:
-                self.echoes.append(text)
-                del self.echoes[:-ECHOES_KEPT]
-                await s.push_frame(
-                    TranscriptionFrame(text=text, user_id="", timestamp=time_now_iso8601(), result=text),
-                    FrameDirection.UPSTREAM,
-                )
+                await self._report(text)
         if changed and not cancel.is_set():
             # The next turn will see these transcripts: prefill that context now, while idle.
             try:

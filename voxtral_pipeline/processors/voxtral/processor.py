@@ -174,6 +174,7 @@ class VoxtralLLMService(LLMService):
             config.history_audio_turns,
             max_user_turns=config.max_history_turns,
             llm_context=context,
+            max_audio_secs=config.max_utterance_secs,
         )
         self._record_answers = record_answers
         self._aggregated = context is not None  # an assistant aggregator records the answers
@@ -195,7 +196,10 @@ class VoxtralLLMService(LLMService):
         self._idle = IdleWork(self)
         self._speech = SpeechBuffer()
         self._ready = False
-        self._answered: set[int] = set()  # ids of the messages the last completion saw
+        self._answered: set[int] = set()
+        self._reported_drops: set[str] = (
+            set()
+        )  # what the context held that Voxtral cannot take  # ids of the messages the last completion saw
 
     # ------------------------------------------------------------------------------------------
     # Properties
@@ -612,9 +616,11 @@ class VoxtralLLMService(LLMService):
             stream = ToolCallStream()
             self._generate_calls += 1
             request = self._context.request(max_audios=self._backend.max_audios)
-            if request.dropped and round_index == 0:
+            new = [d for d in request.dropped if d not in self._reported_drops] if round_index == 0 else []
+            if new:
                 # What Voxtral cannot take is named once; the rest of the turn is answered.
-                await self.push_error(f"Voxtral left out of the context: {'; '.join(request.dropped)}")
+                self._reported_drops.update(new)
+                await self.push_error(f"Voxtral left out of the context: {'; '.join(new)}")
             seed = self._settings.seed if isinstance(self._settings.seed, int) else self._config.seed
             job = AnswerJob(
                 session_id=self.session_id,
