@@ -1,11 +1,11 @@
 """Idle-time work of a session: transcripts of its user turns, then a refresh of its KV cache.
 
 While nobody waits for an answer, the session's spoken turns are transcribed (oldest first: they
-fall out of the audio budget first) and each transcript goes upstream as a ``TranscriptionFrame``
-for the user aggregator and RTVI clients. When the next turn's prompt will differ from the cached
-one before its new audio (a turn leaves the audio budget, a transcript replaces a placeholder,
-tools move), that context is prefilled now. A new turn cancels all of it at once: the engine stops
-within a decode step and the work starts over after the answer.
+fall out of the audio budget first) and, in pipecat's pipeline, each transcript goes upstream as
+a ``TranscriptionFrame`` for the user aggregator and RTVI clients. When the next turn's prompt
+will differ from the cached one before its new audio (a turn leaves the audio budget, a
+transcript replaces a placeholder, tools move), that context is prefilled now. A new turn cancels
+all of it at once: the engine stops within a decode step and the work starts over after the answer.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from pipecat.utils.time import time_now_iso8601
 if TYPE_CHECKING:
     from voxtral_pipeline.processors.voxtral.processor import VoxtralLLMService
 
-ECHOES_KEPT = 16
-
 
 class IdleWork:
     """The idle-time work of one stage (at most one run at a time)."""
@@ -32,8 +30,6 @@ class IdleWork:
         self._service = service
         self._task: asyncio.Task | None = None
         self._cancel: threading.Event | None = None
-        #: Transcripts pushed upstream: a user aggregator writes them back as user messages.
-        self.echoes: list[str] = []
 
     def start(self) -> None:
         s = self._service
@@ -52,20 +48,18 @@ class IdleWork:
             await self._service.cancel_task(task)
 
     async def _report(self, text: str) -> None:
-        """The transcript as a ``TranscriptionFrame``: upstream to pipecat's user aggregator, which
-        writes it into the context (the echo is removed there, see the stage), and for RTVI.
+        """The transcript, upstream as a ``TranscriptionFrame``, for pipecat's user aggregator (which
+        writes it into the context; the echo is removed there, see :mod:`.completions`) and RTVI.
 
-        Behind the project's turn stage it goes downstream instead: pipecat's turn-start strategies
-        in that stage take an upstream transcript for the user speaking and would interrupt the bot
-        (observers, RTVI's included, see the frame either way).
+        Behind the project's turn stage it is not sent: upstream, pipecat's transcript-based turn
+        start in that stage takes it for the user speaking and interrupts the bot; downstream, the
+        TTS would speak it (a ``TextFrame``). Both were seen in the conversation bench.
         """
+        if self._service.turn_source != "pipecat":
+            return
+        self._service.completions.echo(text)
         frame = TranscriptionFrame(text=text, user_id="", timestamp=time_now_iso8601(), result=text)
-        if self._service.turn_source == "pipecat":
-            self.echoes.append(text)
-            del self.echoes[:-ECHOES_KEPT]
-            await self._service.push_frame(frame, FrameDirection.UPSTREAM)
-        else:
-            await self._service.push_frame(frame)
+        await self._service.push_frame(frame, FrameDirection.UPSTREAM)
 
     def _refresh_due(self) -> bool:
         """The next turn's prompt prefix will change: a turn leaves the audio budget, or tools move."""

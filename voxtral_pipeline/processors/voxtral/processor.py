@@ -74,6 +74,7 @@ from voxtral_pipeline.models.voxtral import (
 from voxtral_pipeline.processors.voxtral.adapter import VoxtralLLMAdapter
 from voxtral_pipeline.processors.voxtral.answer import Answer
 from voxtral_pipeline.processors.voxtral.backend import AnswerJob, VoxtralBackend, make_backend
+from voxtral_pipeline.processors.voxtral.completions import CompletionTracker
 from voxtral_pipeline.processors.voxtral.context import (
     ContextTurn,
     VoxtralContext,
@@ -85,7 +86,7 @@ from voxtral_pipeline.processors.voxtral.settings import VoxtralLLMSettings
 from voxtral_pipeline.processors.voxtral.speculation import Speculation, SpeculativeStarts
 from voxtral_pipeline.processors.voxtral.speech import SpeechBuffer
 from voxtral_pipeline.processors.voxtral.stats import AheadWork, TurnStats
-from voxtral_pipeline.processors.voxtral.tool_round import IN_PROGRESS, ToolRound
+from voxtral_pipeline.processors.voxtral.tool_round import ToolRound
 from voxtral_pipeline.processors.voxtral.tools import (
     ToolCall,
     ToolCallStream,
@@ -196,7 +197,7 @@ class VoxtralLLMService(LLMService):
         self._idle = IdleWork(self)
         self._speech = SpeechBuffer()
         self._ready = False
-        self._answered: set[int] = set()
+        self._completions = CompletionTracker()
         self._reported_drops: set[str] = (
             set()
         )  # what the context held that Voxtral cannot take  # ids of the messages the last completion saw
@@ -213,6 +214,10 @@ class VoxtralLLMService(LLMService):
     def engine(self) -> VoxtralEngine | None:
         """The shared in-process engine (None with vLLM)."""
         return getattr(self._backend, "engine", None)
+
+    @property
+    def completions(self) -> CompletionTracker:
+        return self._completions
 
     @property
     def backend(self) -> VoxtralBackend:
@@ -416,47 +421,10 @@ class VoxtralLLMService(LLMService):
         self._aggregated = True
         if frame.context is not self.llm_context:
             self._context.use(frame.context)
-            self._answered = set()
-        self._drop_echoes()
-        if self._needs_answer():
+            self._completions.forget()
+        self._completions.drop_echoes(self.llm_context)
+        if self._completions.needs_answer(self.llm_context):
             await self._start_text_turn("context")
-
-    def _needs_answer(self) -> bool:
-        """A user, developer or tool message after the last answer that no completion has seen yet.
-
-        The aggregators send the context again for what was already answered (a spoken turn this
-        stage wrote itself, an answer they recorded): those start nothing.
-        """
-        for m in reversed(self.llm_context.get_messages()):
-            if not isinstance(m, dict):
-                continue
-            role = m.get("role")
-            if role == "assistant":
-                return False
-            if role == "tool" and m.get("content") == IN_PROGRESS:
-                return False  # a call still running: its result will ask again
-            if role in ("user", "developer", "tool") and id(m) not in self._answered:
-                return True
-        return False
-
-    def _drop_echoes(self) -> None:
-        """Remove user messages that only repeat a transcript of a spoken turn already in the context."""
-        if not self._idle.echoes:
-            return
-        messages = self.llm_context.get_messages()
-        kept = []
-        for m in messages:
-            if (
-                isinstance(m, dict)
-                and m.get("role") == "user"
-                and isinstance(m.get("content"), str)
-                and m["content"].strip() in self._idle.echoes
-            ):
-                self._idle.echoes.remove(m["content"].strip())
-                continue
-            kept.append(m)
-        if len(kept) != len(messages):
-            self.llm_context.set_messages(kept)
 
     # ------------------------------------------------------------------------------------------
     # Turns
@@ -509,7 +477,7 @@ class VoxtralLLMService(LLMService):
         else:
             self._turn = turn
             await self.start_ttfb_metrics(start_time=frame.speech_end_time)
-        self._answered = {id(m) for m in self.llm_context.get_messages()}
+        self._completions.seen(self.llm_context)
         turn.task = self.create_task(self._run_turn(turn), f"generate-turn-{turn.index}")
 
     async def _start_text_turn(self, trigger: str) -> None:
@@ -526,7 +494,7 @@ class VoxtralLLMService(LLMService):
         self._turn_stats.append(stats)
         self._take_ahead(stats)
         turn = self._turn = Answer(index=stats.turn, stats=stats)
-        self._answered = {id(m) for m in self.llm_context.get_messages()}
+        self._completions.seen(self.llm_context)
         await self.start_ttfb_metrics()
         turn.task = self.create_task(self._run_turn(turn), f"generate-{trigger}-{turn.index}")
 
