@@ -96,6 +96,7 @@ async def test_discarded_speculation_is_unheard_and_changes_no_later_answer(tiny
         await wait_until(lambda: service._speculation.turn is None, "the speculation to be discarded")
         spy.gate_at_forward = None
         spy.gate.set()
+        await wait_until(lambda: not service.engine.busy, "the discarded answer to stop")
         # The user's whole turn, as a session without speculation would have heard it.
         await h.send(replace(final, confirms_speculation=False))
         await h.wait_down(count(LLMFullResponseEndFrame))
@@ -108,6 +109,8 @@ async def test_discarded_speculation_is_unheard_and_changes_no_later_answer(tiny
     assert len(service.history[0].audio) == 2 * 16000
     assert service.generate_calls == 1 and len(service.turn_stats) == 1
     assert service.speculation_counts == {"confirmed": 0, "discarded": 1}
+    # The discarded answer's prefill (its 1-s turn's 375 audio tokens and more) is billed to the turn.
+    assert service.turn_stats[0].ahead_prefill_tokens > 375
 
 
 async def test_turn_that_went_on_discards_the_speculation_it_does_not_confirm(tiny_bundle, monkeypatch):

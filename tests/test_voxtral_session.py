@@ -124,6 +124,9 @@ async def test_transcripts_replace_old_audio_while_idle_and_give_way_to_a_new_tu
     assert second.count(AUDIO_TOKEN_ID) == 375
     assert transcript and transcript in tiny_bundle.tokenizer.decode(second, skip_special_tokens=False)
     assert service.turn_stats[1].prefill_tokens < 375 + 30
+    # ...and the refresh's prefill, done for it while idle, is on its bill (none for the first turn).
+    assert service.turn_stats[0].ahead_prefill_tokens == 0
+    assert service.turn_stats[1].ahead_prefill_tokens > 0 and service.turn_stats[1].ahead_prefill_ms > 0
     # Turn 2 came while turn 1 was being transcribed: the transcription stopped, turn 1 is a placeholder.
     third = tiny_bundle.tokenizer.decode(answers[2]["input_ids"], skip_special_tokens=False)
     assert "[earlier spoken turn, 1.0 s, not transcribed yet]" in third and transcript in third
