@@ -24,6 +24,7 @@ from pipecat.frames.frames import (
     LLMFullResponseEndFrame,
     LLMTextFrame,
 )
+from pipecat.services.llm_service import FunctionCallParams
 
 from tests.voxtral_fixtures import (  # noqa: F401  (tiny_bundle_fixture: the tiny_bundle fixture)
     ForcedGeneration,
@@ -475,3 +476,44 @@ async def test_a_v11_form_call_streams_parses_and_runs_too(tiny_bundle, monkeypa
         await h.wait_down(count(LLMFullResponseEndFrame))
     assert seen == [{"tz": "UTC"}]
     assert not any(c in "".join(_texts(h.down)) for c in '[]{}"')
+
+
+async def test_parallel_calls_a_direct_function_and_the_started_event_come_from_pipecat(
+    tiny_bundle, monkeypatch
+):
+    spy = GenerateSpy(tiny_bundle.model, monkeypatch)
+    both = tiny_tool_call(("get_time", {"tz": "UTC"}), ("lookup", {"city": "Paris"}))
+    ForcedGeneration(tiny_bundle.model, monkeypatch, _force_on_new_turns(both))
+    ran: list[str] = []
+
+    async def get_time(params):
+        ran.append("get_time")
+        await params.result_callback({"time": "10:30"})
+
+    async def lookup(params: FunctionCallParams, city: str):
+        """Look a city up.
+
+        Args:
+            city: The city's name.
+        """
+        ran.append(f"lookup {city}")
+        await params.result_callback({"city": city, "country": "France"})
+
+    service = VoxtralLLMService(
+        _config(max_new_tokens=160), bundle=tiny_bundle, tools=ToolsSchema(standard_tools=[GET_TIME, lookup])
+    )
+    service.register_function("get_time", get_time)
+    service.register_direct_function(lookup)
+    started: list[list[str]] = []
+
+    @service.event_handler("on_function_calls_started")
+    async def on_started(_service, calls):
+        started.append([c.function_name for c in calls])
+
+    async with StageHarness(service) as h:
+        await h.send(make_utterance(1.0))
+        await h.wait_down(count(LLMFullResponseEndFrame))
+    assert sorted(ran) == ["get_time", "lookup Paris"] and started == [["get_time", "lookup"]]
+    prompt = _prompt(tiny_bundle, spy.calls[1]["input_ids"])
+    assert '{"time": "10:30"}' in prompt and '{"city": "Paris", "country": "France"}' in prompt
+    assert [t.role for t in service.history] == ["user", "assistant", "tool", "tool", "assistant"]
