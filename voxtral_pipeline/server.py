@@ -118,6 +118,29 @@ def bind_warning(host: str) -> str | None:
     )
 
 
+def bind_socket(config: PipelineConfig) -> socket.socket:
+    """The server's listening socket, bound now (the CLI does it before loading any model).
+
+    Raises:
+        OSError: with a one-line message (an unknown host, an address not on this machine, a port
+            in use).
+    """
+    server_cfg = config.transport.server
+    try:
+        infos = socket.getaddrinfo(server_cfg.host, server_cfg.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise OSError(f"cannot listen on {server_cfg.host}:{server_cfg.port}: {e.strerror or e}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {server_cfg.host}:{server_cfg.port}: {e.strerror or e}") from None
+    return sock
+
+
 @dataclass
 class Session:
     id: str
@@ -362,8 +385,8 @@ class BotServer:
 
     # --- serving --------------------------------------------------------------------------
 
-    async def start(self) -> str:
-        """Bind and serve in the background; return the URL."""
+    async def start(self, sock: socket.socket | None = None) -> str:
+        """Serve in the background on ``sock`` (default: bind one now); return the URL."""
         import uvicorn
 
         server_cfg = self.config.transport.server
@@ -371,17 +394,7 @@ class BotServer:
         if warning:
             logger.warning(warning)
         ws_max = max(2 * server_cfg.max_message_bytes, 1 << 20)
-        sock = socket.socket(
-            socket.AF_INET6 if ":" in server_cfg.host else socket.AF_INET, socket.SOCK_STREAM
-        )
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((server_cfg.host, server_cfg.port))
-        except OSError as e:
-            sock.close()
-            raise OSError(
-                f"cannot listen on {server_cfg.host}:{server_cfg.port}: {e.strerror or e}"
-            ) from None
+        sock = sock or bind_socket(self.config)
         self.port = sock.getsockname()[1]
         config = uvicorn.Config(self.app, log_level="warning", ws_max_size=ws_max, lifespan="off")
         self._server = uvicorn.Server(config)
