@@ -13,19 +13,25 @@ Endpoints (``transport.kind = "websocket"``):
     :mod:`voxtral_pipeline.transports.websocket`; ``GET /status``.
 Both, with ``metrics.prometheus``: ``GET /metrics``, every session's latency histograms (ms).
 
-Safe defaults: bound to 127.0.0.1 (a warning is logged for any other address); with
-``transport.server.token`` set, the offer and the WebSocket need ``Authorization: Bearer TOKEN``
-or ``?token=TOKEN``; at most ``max_sessions`` at once (HTTP 429 for an offer, close code 1013 for
-a WebSocket); offers and messages over ``max_message_bytes`` are refused or dropped.
+Safe defaults: bound to 127.0.0.1 (a warning is logged for any other address); every request
+passes :class:`~voxtral_pipeline.server_guard.RequestGuard` first (Host and Origin allow-lists,
+JSON-only bodies read within ``max_message_bytes``); with ``transport.server.token`` set, the offer
+and the WebSocket need ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``; at most
+``max_sessions`` at once (HTTP 429 for an offer, close code 1013 for a WebSocket); an offer without
+usable audio is a 400; a session must prove itself: one that has received no audio within
+``media_timeout_secs`` of starting, or for ``audio_idle_secs``, is ended and its slot freed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import hmac
 import ipaddress
 import json
 import socket
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,8 +41,11 @@ from typing import Any
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from loguru import logger
+from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.observers.base_observer import BaseObserver, FramePushed
 
 from voxtral_pipeline.config import PipelineConfig
+from voxtral_pipeline.server_guard import RequestGuard, allowed_hosts
 from voxtral_pipeline.transports.events import ClientEventsObserver
 
 WS_CLOSE_BAD_TOKEN = 4401
@@ -141,6 +150,31 @@ def bind_socket(config: PipelineConfig) -> socket.socket:
     return sock
 
 
+class AudioArrival(BaseObserver):
+    """When a session's input audio last arrived: the proof that its client is really there."""
+
+    def __init__(self) -> None:
+        super().__init__(observe_every_push=False)
+        self.last: float | None = None
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        if isinstance(data.frame, InputAudioRawFrame):
+            self.last = time.monotonic()
+
+
+def trim_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS.
+
+    glibc keeps freed pages in its arenas: without ``malloc_trim`` a server that has run sessions
+    holds hundreds of MB more than it uses (measured in ``benchmarks/flood_bench.py``).
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 @dataclass
 class Session:
     id: str
@@ -148,6 +182,8 @@ class Session:
     task: asyncio.Task | None = None
     voice: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    audio: AudioArrival = field(default_factory=AudioArrival)
+    started: float = field(default_factory=time.monotonic)
 
 
 class BotServer:
@@ -165,6 +201,14 @@ class BotServer:
         self._serve_task: asyncio.Task | None = None
         self._webrtc = None
         self.app = self._build_app()
+        server_cfg = config.transport.server
+        #: What uvicorn serves: every route of ``app``, present or added later, behind the guard.
+        self.asgi = RequestGuard(
+            self.app,
+            hosts=allowed_hosts(server_cfg.host, server_cfg.allowed_hosts),
+            origins=server_cfg.allowed_origins,
+            max_body_bytes=server_cfg.max_message_bytes,
+        )
 
     # --- sessions -------------------------------------------------------------------------
 
@@ -186,7 +230,27 @@ class BotServer:
         n = self.config.transport.server.max_sessions
         return f"the bot is busy: {n} session{'s' if n != 1 else ''} already running; try again later"
 
+    async def _watch(self, session: Session) -> None:
+        """End a session that does not prove itself: no audio soon after it started, or for too long."""
+        cfg = self.config.transport.server
+        first, idle = cfg.media_timeout_secs, cfg.audio_idle_secs
+        step = min(1.0, first / 4, (idle or first) / 4)
+        while True:
+            await asyncio.sleep(step)
+            now, last = time.monotonic(), session.audio.last
+            if last is None and now - session.started > first:
+                reason = f"no audio within {first:g} s of the start"
+            elif last is not None and idle is not None and now - last > idle:
+                reason = f"no audio for {idle:g} s"
+            else:
+                continue
+            logger.info(f"session {session.id} ({session.kind}): {reason}; ending it")
+            session.info["ended_because"] = reason
+            await session.voice.worker.cancel(reason=reason)
+            return
+
     async def _run_session(self, session: Session) -> None:
+        watch = asyncio.create_task(self._watch(session), name=f"session-watch-{session.id}")
         try:
             report = await session.voice.run()
             session.info["turns"] = report["summary"]["turns"]
@@ -195,13 +259,22 @@ class BotServer:
         except Exception as e:
             logger.exception(f"session {session.id} failed: {e}")
         finally:
+            watch.cancel()
             self.sessions.pop(session.id, None)
             self.finished.append(session)
             if session.voice is not None:
                 error = session.voice.fatal_error
                 if error is not None:
                     logger.error(f"session {session.id}: {error}")
+            close = session.info.pop("close", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception as e:  # already gone
+                    logger.debug(f"session {session.id}: closing its connection: {e}")
             logger.info(f"session {session.id} ({session.kind}) ended; {len(self.sessions)} active")
+            if not self.sessions:
+                await asyncio.to_thread(trim_memory)
 
     # --- app ------------------------------------------------------------------------------
 
@@ -248,7 +321,11 @@ class BotServer:
             SmallWebRTCRequestHandler,
         )
 
-        from voxtral_pipeline.transports.webrtc import build_webrtc_transport, ice_servers
+        from voxtral_pipeline.transports.webrtc import (
+            build_webrtc_transport,
+            ice_servers,
+            offer_audio_problem,
+        )
 
         handler = SmallWebRTCRequestHandler(ice_servers=ice_servers(self.config))
         self._webrtc = handler
@@ -267,7 +344,7 @@ class BotServer:
             return Response(status_code=204)
 
         async def read_json(request: Request) -> dict[str, Any] | JSONResponse:
-            body = await request.body()
+            body = await request.body()  # RequestGuard has read it within the limit already
             if len(body) > limit:
                 logger.warning(f"webrtc: refused a {len(body)}-byte offer (limit {limit})")
                 return JSONResponse({"error": f"request over {limit} bytes"}, status_code=413)
@@ -289,6 +366,12 @@ class BotServer:
                 return data
             if not isinstance(data.get("sdp"), str) or data.get("type") != "offer":
                 return JSONResponse({"error": "expected {sdp, type: 'offer'}"}, status_code=400)
+            if data.get("pc_id") is not None and not isinstance(data["pc_id"], str):
+                return JSONResponse({"error": "pc_id must be a string"}, status_code=400)
+            problem = offer_audio_problem(data["sdp"])
+            if problem:
+                logger.info(f"webrtc: refused an offer: {problem}")
+                return JSONResponse({"error": f"unusable offer: {problem}"}, status_code=400)
             renegotiation = bool(data.get("pc_id")) and data["pc_id"] in self.sessions
             if not renegotiation and self.active_sessions >= self.config.transport.server.max_sessions:
                 logger.info("webrtc: refused a session, at the limit")
@@ -320,15 +403,24 @@ class BotServer:
                 return data
             try:
                 patch = SmallWebRTCPatchRequest(**data)
+                if not isinstance(patch.pc_id, str) or not isinstance(patch.candidates, list):
+                    raise TypeError("pc_id and candidates")
             except Exception:
                 return JSONResponse({"error": "malformed ICE candidate request"}, status_code=400)
-            await handler.handle_patch_request(patch)
+            if patch.pc_id not in self.sessions:
+                return JSONResponse({"error": "no such session"}, status_code=404)
+            try:
+                await handler.handle_patch_request(patch)
+            except Exception as e:
+                logger.info(f"webrtc: dropped ICE candidates: {e}")
+                return JSONResponse({"error": "malformed ICE candidate request"}, status_code=400)
             return {"status": "success"}
 
     def _start_webrtc_session(self, connection, build_transport) -> None:
         transport = build_transport(self.config, connection)
         session = Session(connection.pc_id, "webrtc")
-        session.voice = build_session(self.config, transport, self.models)
+        session.voice = build_session(self.config, transport, self.models, observers=[session.audio])
+        session.info["close"] = connection.disconnect
 
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport, _client):
@@ -367,7 +459,7 @@ class BotServer:
             self.sessions[session.id] = session
             try:
                 transport = build_websocket_transport(self.config, websocket)
-                session.voice = build_session(self.config, transport, self.models)
+                session.voice = build_session(self.config, transport, self.models, observers=[session.audio])
 
                 @transport.event_handler("on_client_disconnected")
                 async def _gone(_transport, _ws):
@@ -396,7 +488,7 @@ class BotServer:
         ws_max = max(2 * server_cfg.max_message_bytes, 1 << 20)
         sock = sock or bind_socket(self.config)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", ws_max_size=ws_max, lifespan="off")
+        config = uvicorn.Config(self.asgi, log_level="warning", ws_max_size=ws_max, lifespan="off")
         self._server = uvicorn.Server(config)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="bot-server")
         while not self._server.started:
