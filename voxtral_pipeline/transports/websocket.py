@@ -71,7 +71,7 @@ class AudioPacer:
         if self._last is not None:
             self._allowance = min(self.ahead_secs, self._allowance + (now - self._last) * PACE)
         self._last = now
-        if self._allowance >= min(secs, self.ahead_secs):  # one long message may borrow ahead
+        if self._allowance + 1e-9 >= min(secs, self.ahead_secs):  # one long message may borrow ahead
             self._allowance -= secs
             return True
         self.dropped_secs += secs

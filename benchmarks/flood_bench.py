@@ -1,0 +1,177 @@
+"""Flood benchmark: one WebSocket client floods the bot with audio while another converses.
+
+A real ``voxtral-pipeline run -t websocket`` server on 127.0.0.1 (its own process, dummy models),
+so its resident memory is the server's alone. Phases:
+
+1. warm-up: one session, one turn, closed; after a pause the server's RSS is the warm baseline;
+2. unflooded: the neighbour asks ``--turns`` questions in real time (espeak speech, then silence)
+   and records each turn's voice-to-voice from its ``turn-metrics`` events;
+3. flooded: a flooder (``python -m voxtral_pipeline.testing.flood``, its own process) sends speech
+   as fast as the socket takes it, up to ``--flood-audio-secs`` of audio or ``--flood-wall-secs``,
+   while the neighbour asks the same questions; the server's RSS is sampled every 0.25 s;
+4. after: both gone; after ``--settle-secs`` the server's RSS again.
+
+Goals (issue 17): the neighbour's voice-to-voice p50 within 20 % of its unflooded p50 (same run),
+and RSS after within 200 MB of the warm baseline.
+
+    python -m benchmarks.flood_bench                      # dummy:tiny, 4 turns per phase
+
+Prints a summary and writes JSON (with the machine) to ``benchmarks/results/``. Traffic goes only to
+127.0.0.1, bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.machine import machine_info  # noqa: E402
+from voxtral_pipeline.testing.flood import FramesClient, rss_mb, speech_pcm  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUESTION = "What is the capital of France?"
+SILENCE = bytes(2 * 16000 * 3)  # 3 s after each question: the turn ends, the bot answers
+TURN_TIMEOUT = 60.0
+
+
+def start_server(model: str, new_tokens: int) -> tuple[subprocess.Popen, str]:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    cmd = [
+        sys.executable, "-m", "voxtral_pipeline", "run", "-t", "websocket", "--port", "0",
+        "--max-sessions", "4", "--model", model, "--tts-model", model,
+        "--set", f"voxtral.max_new_tokens={new_tokens}", "--set", "voxtral.seed=0",
+        "--log-level", "WARNING",
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        match = re.search(r"WebSocket bot at (ws://127\.0\.0\.1:\d+/\S*)", line)
+        if match:
+            return proc, match.group(1)
+    proc.kill()
+    raise SystemExit("the bot server did not start")
+
+
+async def converse(url: str, pcm: bytes, turns: int) -> list[float | None]:
+    """Ask ``turns`` questions in real time; each turn's voice-to-voice in ms (None: unanswered)."""
+    async with FramesClient(url) as client:
+        for n in range(1, turns + 1):
+            await client.stream(pcm + SILENCE)
+            await client.wait_for_turns(n, TURN_TIMEOUT)
+        return [m.get("voice_to_voice_ms") for m in client.final_metrics()][:turns]
+
+
+async def sample_rss(pid: int, into: list[float], stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        into.append(rss_mb(pid))
+        try:
+            await asyncio.wait_for(stop.wait(), 0.25)
+        except asyncio.TimeoutError:
+            pass
+
+
+def p50(values: list[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return round(statistics.median(got), 1) if got else None
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    server, url = start_server(args.model, args.new_tokens)
+    try:
+        pcm = speech_pcm(QUESTION)
+        await converse(url, pcm, 1)  # warm-up: every lazy import and first inference done
+        await asyncio.sleep(args.settle_secs)
+        warm = rss_mb(server.pid)
+        print(f"warm baseline RSS {warm:.0f} MB", flush=True)
+
+        quiet = await converse(url, pcm, args.turns)
+        print(f"unflooded voice-to-voice ms: {quiet}", flush=True)
+
+        flooder = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "voxtral_pipeline.testing.flood", url,
+            "--max-audio-secs", str(args.flood_audio_secs), "--max-wall-secs", str(args.flood_wall_secs),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        rss_during: list[float] = []
+        stop = asyncio.Event()
+        sampler = asyncio.create_task(sample_rss(server.pid, rss_during, stop))
+        await asyncio.sleep(args.flood_lead_secs)  # the flood is on before the neighbour speaks
+        flooded = await converse(url, pcm, args.turns)
+        print(f"flooded voice-to-voice ms: {flooded}", flush=True)
+        out, _ = await flooder.communicate()
+        stop.set()
+        await sampler
+        sent = json.loads(out.decode().strip().splitlines()[-1]) if out.strip() else {}
+        await asyncio.sleep(args.settle_secs)
+        after = rss_mb(server.pid)
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    quiet_p50, flooded_p50 = p50(quiet), p50(flooded)
+    ratio = round(flooded_p50 / quiet_p50, 3) if quiet_p50 and flooded_p50 else None
+    return {
+        "benchmark": "flood_bench",
+        "model": args.model,
+        "turns_per_phase": args.turns,
+        "new_tokens": args.new_tokens,
+        "neighbour_v2v_ms": {"unflooded": quiet, "flooded": flooded},
+        "neighbour_v2v_p50_ms": {"unflooded": quiet_p50, "flooded": flooded_p50, "ratio": ratio},
+        "flood": {**sent, "audio_secs_cap": args.flood_audio_secs, "wall_secs_cap": args.flood_wall_secs},
+        "server_rss_mb": {
+            "warm_baseline": round(warm, 1),
+            "during_max": round(max(rss_during), 1) if rss_during else None,
+            "after": round(after, 1),
+            "after_minus_warm": round(after - warm, 1),
+        },
+        "goals": {
+            "neighbour_within_20_percent": ratio is not None and ratio <= 1.2,
+            "rss_within_200_mb_of_warm": after - warm <= 200,
+        },
+        "machine": machine_info(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="dummy:tiny", help="Voxtral and Kokoro spec (default dummy:tiny)")
+    p.add_argument("--turns", type=int, default=4, help="questions per phase")
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--flood-audio-secs", type=float, default=9000.0, help="cap on the audio flooded")
+    p.add_argument("--flood-wall-secs", type=float, default=90.0, help="cap on the flood's duration")
+    p.add_argument("--flood-lead-secs", type=float, default=2.0)
+    p.add_argument("--settle-secs", type=float, default=5.0)
+    args = p.parse_args(argv)
+    result = asyncio.run(bench(args))
+    RESULTS.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = RESULTS / f"flood_bench-{args.model.replace(':', '-')}-cpu-{stamp}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(
+        json.dumps(
+            {k: result[k] for k in ("neighbour_v2v_p50_ms", "flood", "server_rss_mb", "goals")}, indent=2
+        )
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Helpers that tests and benchmarks share (benchmarks never import ``tests/``)."""
