@@ -14,7 +14,7 @@ so its resident memory is the server's alone. Phases:
 Goals (issue 17): the neighbour's voice-to-voice p50 within 20 % of its unflooded p50 (same run),
 and RSS after within 200 MB of the warm baseline.
 
-    python -m benchmarks.flood_bench                      # dummy:tiny, 4 turns per phase
+    python -m benchmarks.flood_bench                      # dummy:tiny, 6 turns per phase
 
 Prints a summary and writes JSON (with the machine) to ``benchmarks/results/``. Traffic goes only to
 127.0.0.1, bounded in count and time.
@@ -152,13 +152,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="dummy:tiny", help="Voxtral and Kokoro spec (default dummy:tiny)")
-    p.add_argument("--turns", type=int, default=4, help="questions per phase")
+    p.add_argument("--turns", type=int, default=6, help="questions per phase")
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--flood-audio-secs", type=float, default=9000.0, help="cap on the audio flooded")
     p.add_argument("--flood-wall-secs", type=float, default=90.0, help="cap on the flood's duration")
     p.add_argument("--flood-lead-secs", type=float, default=2.0)
     p.add_argument("--settle-secs", type=float, default=5.0)
     args = p.parse_args(argv)
+    from loguru import logger
+
+    logger.remove()  # pipecat's serializer logs every client event at debug level
+    logger.add(sys.stderr, level="WARNING")
     result = asyncio.run(bench(args))
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -50,8 +50,9 @@ from voxtral_pipeline.transports.events import ClientEventsObserver
 
 WS_CLOSE_BAD_TOKEN = 4401
 WS_CLOSE_BUSY = 1013  # "try again later"
-#: Ended sessions kept (for /status, debugging and tests). Each holds its pipeline, ~25 MB with
-#: the turn stage's ONNX models, so a long-running server keeps only a few.
+#: Ended sessions kept (for /status, debugging and tests). A pipeline is ~25 MB with the turn
+#: stage's ONNX models, so only the newest ended session keeps its pipeline; the others keep their
+#: id, kind and info.
 FINISHED_KEPT = 4
 WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 
@@ -261,6 +262,8 @@ class BotServer:
         finally:
             watch.cancel()
             self.sessions.pop(session.id, None)
+            if self.finished:
+                self.finished[-1].voice = None  # only the newest ended session keeps its pipeline
             self.finished.append(session)
             if session.voice is not None:
                 error = session.voice.fatal_error
@@ -424,7 +427,8 @@ class BotServer:
 
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport, _client):
-            await session.voice.worker.cancel(reason="client disconnected")
+            if session.voice is not None:  # None once an ended session gave its pipeline up
+                await session.voice.worker.cancel(reason="client disconnected")
 
         self.sessions[session.id] = session
         session.task = asyncio.create_task(self._run_session(session), name=f"session-{session.id}")
@@ -463,11 +467,13 @@ class BotServer:
 
                 @transport.event_handler("on_client_disconnected")
                 async def _gone(_transport, _ws):
-                    await session.voice.worker.cancel(reason="client disconnected")
+                    if session.voice is not None:  # None once an ended session gave its pipeline up
+                        await session.voice.worker.cancel(reason="client disconnected")
 
                 @transport.event_handler("on_session_timeout")
                 async def _timeout(_transport, _ws):
-                    await session.voice.worker.cancel(reason="session timeout")
+                    if session.voice is not None:
+                        await session.voice.worker.cancel(reason="session timeout")
 
                 logger.info(f"session {session.id} (websocket) started; {len(self.sessions)} active")
                 session.task = asyncio.current_task()
