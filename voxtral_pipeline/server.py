@@ -152,11 +152,20 @@ def bind_socket(config: PipelineConfig) -> socket.socket:
 
 
 class AudioArrival(BaseObserver):
-    """When a session's input audio last arrived: the proof that its client is really there."""
+    """When a session's pipeline started and its input audio last arrived.
+
+    Audio arriving is the proof that a client is really there. The wait for the first audio
+    counts from the pipeline's start, not the connection's: setting a session up can take
+    seconds on a loaded machine, and no audio can flow before it.
+    """
 
     def __init__(self) -> None:
         super().__init__(observe_every_push=False)
+        self.started: float | None = None
         self.last: float | None = None
+
+    async def on_pipeline_started(self) -> None:
+        self.started = time.monotonic()
 
     async def on_push_frame(self, data: FramePushed) -> None:
         if isinstance(data.frame, InputAudioRawFrame):
@@ -184,7 +193,6 @@ class Session:
     voice: Any = None
     info: dict[str, Any] = field(default_factory=dict)
     audio: AudioArrival = field(default_factory=AudioArrival)
-    started: float = field(default_factory=time.monotonic)
 
 
 class BotServer:
@@ -238,8 +246,8 @@ class BotServer:
         step = min(1.0, first / 4, (idle or first) / 4)
         while True:
             await asyncio.sleep(step)
-            now, last = time.monotonic(), session.audio.last
-            if last is None and now - session.started > first:
+            now, last, started = time.monotonic(), session.audio.last, session.audio.started
+            if last is None and started is not None and now - started > first:
                 reason = f"no audio within {first:g} s of the start"
             elif last is not None and idle is not None and now - last > idle:
                 reason = f"no audio for {idle:g} s"

@@ -117,18 +117,20 @@ class FramesClient:
                 by_turn[e.get("turn", 0)] = e
         return [by_turn[k] for k in sorted(by_turn)]
 
+    def answered(self) -> int:
+        """Turns whose bot has stopped speaking (a ``turn-metrics`` event has come)."""
+        return len(self.final_metrics())
+
     async def wait_for_turns(self, n: int, timeout: float) -> bool:
-        """Wait until ``n`` turns have final metrics; False at the timeout."""
+        """Stream silence in real time, as a microphone does, until ``n`` turns are answered.
+
+        False at the timeout. (The bot ends a session that sends no audio for a while.)
+        """
         deadline = time.monotonic() + timeout
-        while sum(1 for m in self.final_metrics() if m.get("final")) < n:
-            left = deadline - time.monotonic()
-            if left <= 0:
+        while self.answered() < n:
+            if time.monotonic() > deadline:
                 return False
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), left)
-            except asyncio.TimeoutError:
-                return False
+            await self.stream(bytes(STEP_BYTES * 5))
         return True
 
 
