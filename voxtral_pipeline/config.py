@@ -466,6 +466,14 @@ class ServerConfig(_Strict):
         description="WebSocket audio a client may send ahead of real time; beyond it, audio is dropped "
         "(and logged), so a flooding client cannot starve the others.",
     )
+    flood_disconnect_secs: float | None = Field(
+        10.0,
+        gt=0.0,
+        le=86400.0,
+        allow_inf_nan=False,
+        description="A WebSocket client that has had this much audio dropped for running ahead of real "
+        "time is disconnected (close 1008); None: never.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="`Host` header names accepted besides the bound address (and localhost, 127.0.0.1, "

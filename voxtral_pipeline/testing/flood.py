@@ -135,16 +135,37 @@ class FramesClient:
 
 
 async def flood(url: str, pcm: bytes, max_audio_secs: float, max_wall_secs: float) -> dict[str, float]:
-    """Send ``pcm`` over and over as fast as the socket takes it, until either bound is reached."""
+    """Send ``pcm`` over and over as fast as the socket takes it, until either bound is reached.
+
+    Disconnected by the bot, it connects again (a determined flooder) after a short pause.
+    """
+    import websockets
+
     sent_bytes = 0
+    connections = refused = 0
     start = time.monotonic()
-    async with FramesClient(url) as client:
-        while sent_bytes < max_audio_secs * RATE * 2 and time.monotonic() - start < max_wall_secs:
-            for i in range(0, len(pcm), STEP_BYTES):
-                await client.send_audio(pcm[i : i + STEP_BYTES].ljust(STEP_BYTES, b"\x00"))
-                sent_bytes += STEP_BYTES
-            await asyncio.sleep(0)
-    return {"audio_secs_sent": sent_bytes / RATE / 2, "wall_secs": time.monotonic() - start}
+
+    def more() -> bool:
+        return sent_bytes < max_audio_secs * RATE * 2 and time.monotonic() - start < max_wall_secs
+
+    while more():
+        connections += 1
+        try:
+            async with FramesClient(url) as client:
+                while more():
+                    for i in range(0, len(pcm), STEP_BYTES):
+                        await client.send_audio(pcm[i : i + STEP_BYTES].ljust(STEP_BYTES, b"\x00"))
+                        sent_bytes += STEP_BYTES
+                    await asyncio.sleep(0)
+        except (websockets.ConnectionClosed, OSError, websockets.InvalidStatus):
+            refused += 1
+            await asyncio.sleep(0.2)
+    return {
+        "audio_secs_sent": round(sent_bytes / RATE / 2, 1),
+        "wall_secs": round(time.monotonic() - start, 1),
+        "connections": connections,
+        "disconnected": refused,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

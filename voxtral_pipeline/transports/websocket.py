@@ -21,6 +21,7 @@ docs/reliability.md and examples/websocket_client.py.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -42,6 +43,8 @@ from pipecat.transports.websocket.fastapi import (
 from voxtral_pipeline.config import PipelineConfig
 from voxtral_pipeline.transports import audio_params
 
+#: Close code for a client disconnected for flooding ("policy violation").
+WS_CLOSE_FLOOD = 1008
 MAX_INPUT_RATE = 48000
 MIN_INPUT_RATE = 8000
 
@@ -54,25 +57,41 @@ class AudioPacer:
     """A token bucket of audio seconds: a client may be at most ``ahead_secs`` ahead of real time.
 
     Audio over the allowance is refused (the sender's newest, not what is already queued), counted
-    and logged: the first time at warning level, then once per 30 s of audio dropped.
+    and logged: the first time at warning level, then once per 30 s of audio dropped. Once
+    ``flood_secs`` of audio has been dropped, ``on_flood`` is called (once): the server then
+    disconnects the sender, whose every message still costs the server a parse.
     """
 
-    def __init__(self, ahead_secs: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        ahead_secs: float,
+        clock: Callable[[], float] = time.monotonic,
+        flood_secs: float | None = None,
+        on_flood: Callable[[], None] | None = None,
+    ):
         self.ahead_secs = ahead_secs
         self._clock = clock
         self._allowance = ahead_secs
         self._last: float | None = None
         self.dropped_secs = 0.0
+        self.taken_secs = 0.0
+        self.first: float | None = None  # clock time of the first audio
         self._logged_at = -1.0
+        self.flood_secs = flood_secs
+        self.on_flood = on_flood
+        self.flooded = False
 
     def take(self, secs: float) -> bool:
         """Whether ``secs`` of audio arriving now is accepted."""
         now = self._clock()
         if self._last is not None:
             self._allowance = min(self.ahead_secs, self._allowance + (now - self._last) * PACE)
+        else:
+            self.first = now
         self._last = now
         if self._allowance + 1e-9 >= min(secs, self.ahead_secs):  # one long message may borrow ahead
             self._allowance -= secs
+            self.taken_secs += secs
             return True
         self.dropped_secs += secs
         if self._logged_at < 0 or self.dropped_secs - self._logged_at >= 30:
@@ -82,6 +101,14 @@ class AudioPacer:
                 f"{self.ahead_secs:g} s ahead ({self.dropped_secs:.1f} s dropped so far)"
             )
             self._logged_at = self.dropped_secs
+        if self.flood_secs is not None and self.dropped_secs >= self.flood_secs and not self.flooded:
+            self.flooded = True
+            logger.warning(
+                f"websocket: {self.dropped_secs:.0f} s of audio dropped for running ahead of real time; "
+                "disconnecting the client"
+            )
+            if self.on_flood is not None:
+                self.on_flood()
         return False
 
 
@@ -231,7 +258,21 @@ def build_websocket_transport(config: PipelineConfig, websocket: Any) -> FastAPI
     The queue holds ``max_audio_ahead_secs`` of 20 ms packets (at least 10): what the pacer lets
     a client run ahead.
     """
-    ahead = config.transport.server.max_audio_ahead_secs
+    server = config.transport.server
+    params = websocket_params(config)
+    pacer = params.serializer.pacer
+
+    def disconnect() -> None:
+        asyncio.ensure_future(_close(websocket, WS_CLOSE_FLOOD, "audio sent faster than real time"))
+
+    pacer.flood_secs, pacer.on_flood = server.flood_disconnect_secs, disconnect
     return BoundedWebsocketTransport(
-        websocket, websocket_params(config), max_queued=max(10, int(ahead / 0.02))
+        websocket, params, max_queued=max(10, int(server.max_audio_ahead_secs / 0.02))
     )
+
+
+async def _close(websocket: Any, code: int, reason: str) -> None:
+    try:
+        await websocket.close(code, reason)
+    except Exception as e:  # already closed
+        logger.debug(f"websocket: close: {e}")
