@@ -8,13 +8,16 @@ so its resident memory is the server's alone. Phases:
    and records each turn's voice-to-voice from its ``turn-metrics`` events;
 3. flooded: a flooder (``python -m voxtral_pipeline.testing.flood``, its own process) sends speech
    as fast as the socket takes it, up to ``--flood-audio-secs`` of audio or ``--flood-wall-secs``,
-   while the neighbour asks the same questions; the server's RSS is sampled every 0.25 s;
+   while the neighbour asks the same questions; the server's RSS is sampled every 0.25 s. The bot
+   disconnects a flooder; with ``--reconnect`` it connects again at once, every time (connection
+   churn on top of the flood);
 4. after: both gone; after ``--settle-secs`` the server's RSS again.
 
 Goals (issue 17): the neighbour's voice-to-voice p50 within 20 % of its unflooded p50 (same run),
 and RSS after within 200 MB of the warm baseline.
 
     python -m benchmarks.flood_bench                      # dummy:tiny, 6 turns per phase
+    python -m benchmarks.flood_bench --reconnect          # the flooder comes back every time
 
 Prints a summary and writes JSON (with the machine) to ``benchmarks/results/``. Traffic goes only to
 127.0.0.1, bounded in count and time.
@@ -37,7 +40,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine import machine_info  # noqa: E402
-from voxtral_pipeline.testing.flood import FramesClient, rss_mb, speech_pcm  # noqa: E402
+from voxtral_pipeline.testing.flood import FramesClient, cpu_secs, rss_mb, speech_pcm  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUESTION = "What is the capital of France?"
@@ -98,19 +101,24 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         warm = rss_mb(server.pid)
         print(f"warm baseline RSS {warm:.0f} MB", flush=True)
 
+        cpu0, t0 = cpu_secs(server.pid), time.monotonic()
         quiet = await converse(url, pcm, args.turns)
+        quiet_cpu = (cpu_secs(server.pid) - cpu0) / (time.monotonic() - t0)
         print(f"unflooded voice-to-voice ms: {quiet}", flush=True)
 
         flooder = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "voxtral_pipeline.testing.flood", url,
             "--max-audio-secs", str(args.flood_audio_secs), "--max-wall-secs", str(args.flood_wall_secs),
+            *(["--reconnect"] if args.reconnect else []),
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
+        cpu0, t0 = cpu_secs(server.pid), time.monotonic()
         rss_during: list[float] = []
         stop = asyncio.Event()
         sampler = asyncio.create_task(sample_rss(server.pid, rss_during, stop))
         await asyncio.sleep(args.flood_lead_secs)  # the flood is on before the neighbour speaks
         flooded = await converse(url, pcm, args.turns)
+        flooded_cpu = (cpu_secs(server.pid) - cpu0) / (time.monotonic() - t0)
         print(f"flooded voice-to-voice ms: {flooded}", flush=True)
         out, _ = await flooder.communicate()
         stop.set()
@@ -134,7 +142,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "new_tokens": args.new_tokens,
         "neighbour_v2v_ms": {"unflooded": quiet, "flooded": flooded},
         "neighbour_v2v_p50_ms": {"unflooded": quiet_p50, "flooded": flooded_p50, "ratio": ratio},
-        "flood": {**sent, "audio_secs_cap": args.flood_audio_secs, "wall_secs_cap": args.flood_wall_secs},
+        "flood": {
+            **sent,
+            "reconnect": args.reconnect,
+            "audio_secs_cap": args.flood_audio_secs,
+            "wall_secs_cap": args.flood_wall_secs,
+        },
+        "server_cpu_cores": {"unflooded": round(quiet_cpu, 2), "flooded": round(flooded_cpu, 2)},
         "server_rss_mb": {
             "warm_baseline": round(warm, 1),
             "during_max": round(max(rss_during), 1) if rss_during else None,
@@ -158,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flood-wall-secs", type=float, default=90.0, help="cap on the flood's duration")
     p.add_argument("--flood-lead-secs", type=float, default=2.0)
     p.add_argument("--settle-secs", type=float, default=5.0)
+    p.add_argument("--reconnect", action="store_true", help="the flooder connects again when cut off")
     args = p.parse_args(argv)
     from loguru import logger
 
@@ -166,7 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     result = asyncio.run(bench(args))
     RESULTS.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    path = RESULTS / f"flood_bench-{args.model.replace(':', '-')}-cpu-{stamp}.json"
+    kind = "-reconnect" if args.reconnect else ""
+    path = RESULTS / f"flood_bench{kind}-{args.model.replace(':', '-')}-cpu-{stamp}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(
         json.dumps(

@@ -134,10 +134,19 @@ class FramesClient:
         return True
 
 
-async def flood(url: str, pcm: bytes, max_audio_secs: float, max_wall_secs: float) -> dict[str, float]:
+def cpu_secs(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used, in seconds (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def flood(
+    url: str, pcm: bytes, max_audio_secs: float, max_wall_secs: float, reconnect: bool = False
+) -> dict[str, float]:
     """Send ``pcm`` over and over as fast as the socket takes it, until either bound is reached.
 
-    Disconnected by the bot, it connects again (a determined flooder) after a short pause.
+    Disconnected by the bot, it stops, or with ``reconnect`` connects again after 0.2 s (a
+    determined flooder).
     """
     import websockets
 
@@ -159,6 +168,8 @@ async def flood(url: str, pcm: bytes, max_audio_secs: float, max_wall_secs: floa
                     await asyncio.sleep(0)
         except (websockets.ConnectionClosed, OSError, websockets.InvalidStatus):
             refused += 1
+            if not reconnect:
+                break
             await asyncio.sleep(0.2)
     return {
         "audio_secs_sent": round(sent_bytes / RATE / 2, 1),
@@ -177,11 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--text", default="Tell me everything you know about the history of Paris, please.")
     p.add_argument("--max-audio-secs", type=float, default=9000.0)
     p.add_argument("--max-wall-secs", type=float, default=60.0)
+    p.add_argument("--reconnect", action="store_true", help="connect again when disconnected")
     args = p.parse_args(argv)
     if not args.url.startswith(("ws://127.0.0.1:", "ws://localhost:", "ws://[::1]:")):
         raise SystemExit("the flooder only sends to a bot on this machine (ws://127.0.0.1:PORT/...)")
     os.environ.setdefault("LOGURU_LEVEL", "WARNING")
-    result = asyncio.run(flood(args.url, speech_pcm(args.text), args.max_audio_secs, args.max_wall_secs))
+    pcm = speech_pcm(args.text)
+    result = asyncio.run(flood(args.url, pcm, args.max_audio_secs, args.max_wall_secs, args.reconnect))
     print(json.dumps(result), flush=True)
     return 0
 

@@ -177,6 +177,8 @@ class SafeProtobufSerializer(ProtobufFrameSerializer):
         log(f"websocket: dropped a client message ({why})")
 
     async def deserialize(self, data: str | bytes) -> Frame | None:
+        if self.pacer is not None and self.pacer.flooded:
+            return None  # being disconnected for flooding: not worth a parse
         if isinstance(data, str):
             self._drop("text message; the protocol is binary protobuf")
             return None
