@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import numpy as np
 import pytest
@@ -216,3 +217,102 @@ def test_client_events_are_json_objects():
     from voxtral_pipeline.transports.events import event_for
 
     assert event_for(json.loads('{"type": "ping"}'), 0) == []
+
+
+def test_the_audio_pacer_holds_a_client_to_real_time():
+    from voxtral_pipeline.transports.websocket import PACE, AudioPacer
+
+    now = [0.0]
+    pacer = AudioPacer(2.0, clock=lambda: now[0])
+    taken = sum(pacer.take(0.02) for _ in range(1000))  # 20 s of audio at once
+    assert taken == 100 and pacer.dropped_secs == pytest.approx(18.0)  # the 2 s allowance, no more
+    now[0] += 1.0
+    taken = sum(pacer.take(0.02) for _ in range(1000))
+    assert taken == round(PACE / 0.02)  # then real time (and 5 % for a fast clock)
+    for _ in range(500):  # a client sending in real time loses nothing
+        now[0] += 0.02
+        assert pacer.take(0.02)
+    now[0] += 60.0  # a minute of silence does not bank a minute of flood
+    assert sum(pacer.take(0.02) for _ in range(1000)) == 100
+    now[0] += 10.0
+    assert pacer.take(4.0)  # one message longer than the allowance still gets through when it is full
+    assert not pacer.take(0.02)
+
+    calls = []
+    flooded = AudioPacer(2.0, clock=lambda: now[0], flood_secs=5.0, on_flood=lambda: calls.append(1))
+    for _ in range(1000):
+        flooded.take(0.02)
+    assert calls == [1] and flooded.flooded  # the sender is cut off once, after 5 s dropped
+
+
+async def test_the_websocket_audio_queue_drops_its_oldest_when_full():
+    from pipecat.frames.frames import InputAudioRawFrame
+
+    from voxtral_pipeline.transports.websocket import build_websocket_transport
+
+    class FakeSocket:
+        headers: dict = {}
+
+    transport = build_websocket_transport(dummy_config("websocket"), FakeSocket())
+    inp = transport.input()
+    inp._audio_in_queue = asyncio.Queue()  # as pipecat's start() makes it
+    limit = inp.max_queued
+    for i in range(limit + 50):
+        await inp.push_audio_frame(InputAudioRawFrame(i.to_bytes(4, "little"), 16000, 1))
+    queued = [int.from_bytes(inp._audio_in_queue.get_nowait().audio, "little") for _ in range(limit)]
+    assert inp._audio_in_queue.empty() and inp.dropped_frames == 50
+    assert queued == list(range(50, limit + 50))  # the newest kept, in order
+
+
+@needs_espeak
+async def test_a_client_flooding_audio_is_held_to_real_time_then_cut_off_and_its_neighbour_is_answered():
+    """The issue's flood (hours of audio in seconds) against a neighbour asking a question."""
+    import websockets
+
+    from voxtral_pipeline.transports.websocket import PACE, WS_CLOSE_FLOOD
+
+    config = dummy_config("websocket", **{"transport.server.max_sessions": 2})
+    async with running_server(config) as bot:
+        async with WSClient(bot.url) as good:
+            await poll(lambda: len(bot.sessions) == 1, "the neighbour's session to start")
+            flood = await websockets.connect(bot.url, max_size=None)
+            await poll(lambda: len(bot.sessions) == 2, "the flooder's session to start")
+            flood_session = list(bot.sessions.values())[1]
+            pacer = flood_session.voice.transport._params.serializer.pacer
+            loop = asyncio.get_running_loop()
+            speech = question_pcm("Tell me everything about the history of Paris.") * 40  # ~2 min
+            from pipecat.frames.frames import OutputAudioRawFrame
+            from pipecat.serializers.protobuf import ProtobufFrameSerializer
+
+            ser = ProtobufFrameSerializer()
+            packets = [
+                await ser.serialize(OutputAudioRawFrame(speech[i : i + 640].ljust(640, b"\0"), 16000, 1))
+                for i in range(0, len(speech), 640)
+            ]
+
+            sent = [0]
+
+            async def flooder() -> float:
+                start = loop.time()
+                with pytest.raises(websockets.ConnectionClosed) as closed:
+                    for _ in range(5):
+                        for n, packet in enumerate(packets):
+                            await flood.send(packet)
+                            sent[0] += 1
+                            if n % 50 == 0:
+                                await asyncio.sleep(0)
+                    await flood.recv()
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == WS_CLOSE_FLOOD
+                return loop.time() - start
+
+            flooding = asyncio.create_task(flooder())
+            await good.stream(question_pcm() + bytes(2 * 16000 * 3), 16000)
+            await good.wait_for(_answered, "the neighbour's answer during the flood")
+            await flooding
+            assert pacer.flooded and pacer.dropped_secs >= config.transport.server.flood_disconnect_secs
+            assert sent[0] * 0.02 > pacer.taken_secs + pacer.dropped_secs - 0.05  # it all came from the flood
+            # What got into the pipeline: never more than real time (and its 5 %) plus the allowance.
+            elapsed = time.monotonic() - pacer.first
+            assert pacer.taken_secs <= elapsed * PACE + pacer.ahead_secs + 0.05, (pacer.taken_secs, elapsed)
+            await poll(lambda: len(bot.sessions) == 1, "the flooder's session to end")
+            assert not good.closed.is_set()

@@ -85,3 +85,44 @@ def test_public_bind_warns():
         assert bind_warning(host) is None
     for host in ("0.0.0.0", "::", "192.168.1.20"):
         assert "reachable from other machines" in bind_warning(host)
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    """Loading a model fails the test: these errors must come before any model loads."""
+    import voxtral_pipeline.cli
+
+    def too_late(_config):
+        raise AssertionError("models loaded before the error")
+
+    monkeypatch.setattr(voxtral_pipeline.cli, "_load_models", too_late)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--host", "256.1.1.1"], "not a valid IP address"),
+        (["--host", "bad host!"], "not an IP address or host name"),
+        (["--host", "no-such-host.invalid"], "cannot listen on no-such-host.invalid"),
+        (["--token", ""], "empty token"),
+        (["--token", "  "], "empty token"),
+        (["-t", "websocket", "--set", "transport.websocket.path=ws"], "transport.websocket.path"),
+        (["--input", "x.wav", "--set", "transport.file.reply_timeout_secs=inf"], "reply_timeout_secs"),
+    ],
+)
+def test_bad_server_settings_fail_before_models_load(capsys, no_models, args, message):
+    from voxtral_pipeline.cli import main
+
+    rc = main(["run", "--port", "0", *args, *DUMMY])
+    err = capsys.readouterr().err
+    assert rc in (1, 2) and message in err and "Traceback" not in err, err
+
+
+def test_a_config_file_that_is_not_utf8_is_named(capsys, tmp_path, no_models):
+    from voxtral_pipeline.cli import main
+
+    path = tmp_path / "bot.toml"
+    path.write_bytes(b'[voxtral]\nmodel = "caf\xe9"\n')
+    rc = main(["run", "--config", str(path), *DUMMY])
+    err = capsys.readouterr().err
+    assert rc == 2 and str(path) in err and "not UTF-8" in err and "Traceback" not in err

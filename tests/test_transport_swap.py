@@ -27,7 +27,7 @@ FAKE_DEVICES = [
 ]
 EXPECTED_TRANSPORT = {
     "webrtc": "SmallWebRTCTransport",
-    "websocket": "FastAPIWebsocketTransport",
+    "websocket": "BoundedWebsocketTransport",
     "daily": "DailyTransport",
     "local": "LocalAudioTransport",
     "file": "FileTransport",

@@ -66,8 +66,17 @@ async def server():
         yield bot
 
 
-async def _post(http: aiohttp.ClientSession, url: str, body, token: str | None = TOKEN):
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+async def _post(
+    http: aiohttp.ClientSession,
+    url: str,
+    body,
+    token: str | None = TOKEN,
+    content_type: str = "application/json",
+    **headers: str,
+):
+    headers = {"Content-Type": content_type, **headers}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     data = body if isinstance(body, (bytes, str)) else json.dumps(body)
     async with http.post(url + "api/offer", data=data, headers=headers) as res:
         return res.status, await res.json()

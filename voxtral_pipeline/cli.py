@@ -101,8 +101,21 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
-def run_command(args: argparse.Namespace) -> int:
-    """Validate everything cheap first, so bad input fails in one line before any model loads."""
+def run_command(args: argparse.Namespace, stopper=None) -> int:
+    """Validate everything cheap first, so bad input fails in one line before any model loads.
+
+    ``stopper`` (installed by :func:`main` before anything slow) handles Ctrl-C and SIGTERM: at
+    any moment of a file run's start-up they end the process within a second with 130 / 143.
+    """
+    from voxtral_pipeline.file_run import Stopper
+
+    if stopper is None:
+        stopper = Stopper()
+        stopper.install()
+    return _run_command(args, stopper)
+
+
+def _run_command(args: argparse.Namespace, stopper) -> int:
     from voxtral_pipeline.config import ConfigError, load_config
     from voxtral_pipeline.models import ModelUnavailableError, parse_model_spec
     from voxtral_pipeline.models.kokoro_onnx import check_kokoro_spec
@@ -117,8 +130,20 @@ def run_command(args: argparse.Namespace) -> int:
     problem = _metrics_problem(config)
     if problem:
         return _fail(problem, EXIT_BAD_INPUT)
-    keep_log_level(args.log_level)
     kind = config.transport.kind
+    if kind == "file":
+        from voxtral_pipeline.transports.file import AudioInputError, check_file_paths
+
+        file_cfg = config.transport.file
+        try:
+            if file_cfg.input is None:
+                raise AudioInputError("the file transport needs an input WAV (--input IN.wav)")
+            check_file_paths(file_cfg.input, output=file_cfg.output, report=file_cfg.report)
+        except AudioInputError as e:
+            return _fail(str(e), EXIT_BAD_INPUT)
+    else:
+        stopper.uninstall()  # the servers, Daily and the microphone stop on their own handlers
+    keep_log_level(args.log_level)
     if config.metrics.prometheus and kind not in ("webrtc", "websocket"):
         logger.warning(f"metrics.prometheus: the {kind} transport has no bot server to serve /metrics on")
     if kind in ("webrtc", "websocket"):
@@ -137,8 +162,16 @@ def run_command(args: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_BAD_INPUT)
 
     voice = build_session(config, transport)
-    if kind == "local":
-        print("voxtral-pipeline: listening on the microphone; speak (Ctrl-C to stop)", flush=True)
+    if kind == "file":
+        from voxtral_pipeline.file_run import exit_code, run_file_session
+
+        report, signum = run_file_session(config, transport, voice, stopper)
+        if signum is not None:
+            return exit_code(signum)
+        if voice.fatal_error is not None:
+            return _fail(str(voice.fatal_error), EXIT_RUNTIME)
+        return _file_summary(config, report)
+    print("voxtral-pipeline: listening on the microphone; speak (Ctrl-C to stop)", flush=True)
     try:
         report = asyncio.run(voice.run())
     except KeyboardInterrupt:
@@ -146,10 +179,8 @@ def run_command(args: argparse.Namespace) -> int:
     error = voice.fatal_error
     if error is not None:
         return _fail(str(error), EXIT_RUNTIME)
-    if kind != "file":
-        print(json.dumps(report["summary"], indent=2))
-        return EXIT_OK
-    return _finish_file_session(config, transport, report)
+    print(json.dumps(report["summary"], indent=2))
+    return EXIT_OK
 
 
 def _metrics_problem(config) -> str | None:
@@ -184,16 +215,22 @@ def _load_models(config):
 def _serve(config) -> int:
     """Serve the browser page (webrtc) or the WebSocket until Ctrl-C."""
     from voxtral_pipeline.models import ModelUnavailableError
-    from voxtral_pipeline.server import BotServer
+    from voxtral_pipeline.server import BotServer, bind_socket
+
+    try:  # before the models load: a bad host or a port in use fails at once
+        sock = bind_socket(config)
+    except OSError as e:
+        return _fail(str(e), EXIT_RUNTIME)
 
     async def serve() -> int:
         try:
             models = await asyncio.to_thread(_load_models, config)
         except ModelUnavailableError as e:
+            sock.close()
             return _fail(str(e), EXIT_RUNTIME)
         server = BotServer(config, models)
         try:
-            url = await server.start()
+            url = await server.start(sock)
         except OSError as e:
             return _fail(str(e), EXIT_RUNTIME)
         token = config.transport.server.token
@@ -284,25 +321,32 @@ def devices_command(_args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _finish_file_session(config, transport, report: dict[str, Any]) -> int:
-    file_cfg = config.transport.file
-    if file_cfg.output:
-        path = transport.write_recording(file_cfg.output)
-        logger.info(f"wrote {path} (left: user, right: bot)")
-    if file_cfg.report:
-        path = Path(file_cfg.report)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        logger.info(f"wrote {path}")
+def _file_summary(config, report: dict[str, Any]) -> int:
+    """A finished file run (its files are written): the summary, or that no speech was heard."""
     summary = report["summary"]
     if summary["turns"] == 0:
-        print(f"no speech was heard in {file_cfg.input}: zero turns")
+        print(f"no speech was heard in {config.transport.file.input}: zero turns")
         return EXIT_OK
     print(json.dumps(summary, indent=2))
     return EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
+    from voxtral_pipeline.file_run import Interrupted, Stopper, exit_code
+
+    # Ctrl-C and SIGTERM are handled from the first line: the imports below take seconds.
+    stopper = Stopper()
+    stopper.install()
+    try:
+        return _main(argv, stopper)
+    except Interrupted as e:
+        print(f"voxtral-pipeline: interrupted ({e}) before the session ran", file=sys.stderr)
+        return exit_code(e.signum)
+    finally:
+        stopper.uninstall()
+
+
+def _main(argv: list[str] | None, stopper) -> int:
     parser = argparse.ArgumentParser(
         prog="voxtral-pipeline",
         description="Speech-to-speech voice agents: Voxtral hears and answers, Kokoro speaks.",
@@ -317,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _setup_logging(args.log_level)
     if args.command == "run":
-        return run_command(args)
+        return run_command(args, stopper)
+    stopper.uninstall()  # the other commands keep Python's own Ctrl-C
     if args.command == "devices":
         return devices_command(args)
     if args.command == "bench":

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from voxtral_pipeline.languages import BRITISH_VOICE, LANGUAGES, LanguageCode
 
@@ -398,7 +398,11 @@ class FileTransportConfig(_Strict):
     tail_secs: float = Field(1.0, ge=0.0, le=30.0, description="Silence streamed after the file ends.")
     idle_secs: float = Field(2.0, gt=0.0, le=60.0, description="Bot silence after which the session ends.")
     reply_timeout_secs: float = Field(
-        120.0, gt=0.0, description="Longest wait for the bot to answer the last turn before ending."
+        120.0,
+        gt=0.0,
+        le=3600.0,
+        allow_inf_nan=False,
+        description="Longest wait for the bot to answer the last turn before ending.",
     )
 
 
@@ -438,6 +442,74 @@ class ServerConfig(_Strict):
         allow_inf_nan=False,
         description="End a session after this long, at most a week (None: no limit).",
     )
+    media_timeout_secs: float = Field(
+        10.0,
+        gt=0.0,
+        le=300.0,
+        allow_inf_nan=False,
+        description="A session that has received no audio this long after it started (a WebRTC offer "
+        "whose media never connects) is ended and its slot freed.",
+    )
+    audio_idle_secs: float | None = Field(
+        60.0,
+        gt=0.0,
+        le=86400.0,
+        allow_inf_nan=False,
+        description="A session that has received no audio for this long is ended (None: never); clients "
+        "send audio all the time, silence included.",
+    )
+    max_audio_ahead_secs: float = Field(
+        2.0,
+        ge=0.1,
+        le=60.0,
+        allow_inf_nan=False,
+        description="WebSocket audio a client may send ahead of real time; beyond it, audio is dropped "
+        "(and logged), so a flooding client cannot starve the others.",
+    )
+    flood_disconnect_secs: float | None = Field(
+        10.0,
+        gt=0.0,
+        le=86400.0,
+        allow_inf_nan=False,
+        description="A WebSocket client that has had this much audio dropped for running ahead of real "
+        "time is disconnected (close 1008); None: never.",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="`Host` header names accepted besides the bound address (and localhost, 127.0.0.1, "
+        "::1 on a loopback bind); `*` accepts any. Other hosts get 403 (DNS-rebinding protection).",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins (`https://app.example.com`) allowed besides the server's own; `*` "
+        "allows any. Requests and WebSockets with another `Origin` get 403.",
+    )
+
+    @field_validator("host")
+    @classmethod
+    def _usable_host(cls, value: str) -> str:
+        import ipaddress
+        import re
+
+        value = value.strip()
+        if re.fullmatch(r"[0-9.]+|.*:.*", value):  # meant as an IP address: it must be one
+            try:
+                ipaddress.ip_address(value)
+            except ValueError:
+                raise ValueError(f"{value!r} is not a valid IP address") from None
+        elif not re.fullmatch(
+            r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*",
+            value,
+        ):
+            raise ValueError(f"{value!r} is not an IP address or host name")
+        return value
+
+    @field_validator("token")
+    @classmethod
+    def _token_not_empty(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("an empty token would turn authentication off; leave it unset for no token")
+        return value
 
 
 class WebRTCTransportConfig(_Strict):
@@ -453,7 +525,11 @@ class WebRTCTransportConfig(_Strict):
 class WebSocketTransportConfig(_Strict):
     """WebSocket server with pipecat's protobuf serializer (see docs/transports.md for the protocol)."""
 
-    path: str = Field("/ws", description="Endpoint path on the bot's server.")
+    path: str = Field(
+        "/ws",
+        pattern=r"^/[A-Za-z0-9._~/-]*$",
+        description="Endpoint path on the bot's server (starts with /).",
+    )
     packet_ms: Literal[10, 20, 40] = Field(20, description="Duration of each bot audio packet sent.")
 
 
@@ -584,7 +660,12 @@ def _allowed_keys(loc: tuple) -> list[str]:
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml

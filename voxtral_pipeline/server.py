@@ -13,19 +13,25 @@ Endpoints (``transport.kind = "websocket"``):
     :mod:`voxtral_pipeline.transports.websocket`; ``GET /status``.
 Both, with ``metrics.prometheus``: ``GET /metrics``, every session's latency histograms (ms).
 
-Safe defaults: bound to 127.0.0.1 (a warning is logged for any other address); with
-``transport.server.token`` set, the offer and the WebSocket need ``Authorization: Bearer TOKEN``
-or ``?token=TOKEN``; at most ``max_sessions`` at once (HTTP 429 for an offer, close code 1013 for
-a WebSocket); offers and messages over ``max_message_bytes`` are refused or dropped.
+Safe defaults: bound to 127.0.0.1 (a warning is logged for any other address); every request
+passes :class:`~voxtral_pipeline.server_guard.RequestGuard` first (Host and Origin allow-lists,
+JSON-only bodies read within ``max_message_bytes``); with ``transport.server.token`` set, the offer
+and the WebSocket need ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``; at most
+``max_sessions`` at once (HTTP 429 for an offer, close code 1013 for a WebSocket); an offer without
+usable audio is a 400; a session must prove itself: one that has received no audio within
+``media_timeout_secs`` of starting, or for ``audio_idle_secs``, is ended and its slot freed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import hmac
 import ipaddress
 import json
 import socket
+import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,15 +41,19 @@ from typing import Any
 from fastapi import FastAPI, Request, WebSocket
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from loguru import logger
+from pipecat.frames.frames import InputAudioRawFrame
+from pipecat.observers.base_observer import BaseObserver, FramePushed
 
 from voxtral_pipeline.config import PipelineConfig
+from voxtral_pipeline.server_guard import RequestGuard, allowed_hosts
 from voxtral_pipeline.session import SharedModels, build_services
 from voxtral_pipeline.transports.events import ClientEventsObserver
 
 WS_CLOSE_BAD_TOKEN = 4401
 WS_CLOSE_BUSY = 1013  # "try again later"
-#: Ended sessions kept (for /status, debugging and tests). Each holds its pipeline, ~25 MB with
-#: the turn stage's ONNX models, so a long-running server keeps only a few.
+#: Ended sessions kept (for /status, debugging and tests). A pipeline is ~25 MB with the turn
+#: stage's ONNX models, so only the newest ended session keeps its pipeline; the others keep their
+#: id, kind and info.
 FINISHED_KEPT = 4
 WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 
@@ -84,6 +94,63 @@ def bind_warning(host: str) -> str | None:
     )
 
 
+def bind_socket(config: PipelineConfig) -> socket.socket:
+    """The server's listening socket, bound now (the CLI does it before loading any model).
+
+    Raises:
+        OSError: with a one-line message (an unknown host, an address not on this machine, a port
+            in use).
+    """
+    server_cfg = config.transport.server
+    try:
+        infos = socket.getaddrinfo(server_cfg.host, server_cfg.port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise OSError(f"cannot listen on {server_cfg.host}:{server_cfg.port}: {e.strerror or e}") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise OSError(f"cannot listen on {server_cfg.host}:{server_cfg.port}: {e.strerror or e}") from None
+    return sock
+
+
+class AudioArrival(BaseObserver):
+    """When a session's pipeline started and its input audio last arrived.
+
+    Audio arriving is the proof that a client is really there. The wait for the first audio
+    counts from the pipeline's start, not the connection's: setting a session up can take
+    seconds on a loaded machine, and no audio can flow before it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(observe_every_push=False)
+        self.started: float | None = None
+        self.last: float | None = None
+
+    async def on_pipeline_started(self) -> None:
+        self.started = time.monotonic()
+
+    async def on_push_frame(self, data: FramePushed) -> None:
+        if isinstance(data.frame, InputAudioRawFrame):
+            self.last = time.monotonic()
+
+
+def trim_memory() -> None:
+    """Collect garbage and hand freed heap pages back to the OS.
+
+    glibc keeps freed pages in its arenas: without ``malloc_trim`` a server that has run sessions
+    holds hundreds of MB more than it uses (measured in ``benchmarks/flood_bench.py``).
+    """
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        pass
+
+
 @dataclass
 class Session:
     id: str
@@ -91,6 +158,7 @@ class Session:
     task: asyncio.Task | None = None
     voice: Any = None
     info: dict[str, Any] = field(default_factory=dict)
+    audio: AudioArrival = field(default_factory=AudioArrival)
 
 
 class BotServer:
@@ -108,6 +176,14 @@ class BotServer:
         self._serve_task: asyncio.Task | None = None
         self._webrtc = None
         self.app = self._build_app()
+        server_cfg = config.transport.server
+        #: What uvicorn serves: every route of ``app``, present or added later, behind the guard.
+        self.asgi = RequestGuard(
+            self.app,
+            hosts=allowed_hosts(server_cfg.host, server_cfg.allowed_hosts),
+            origins=server_cfg.allowed_origins,
+            max_body_bytes=server_cfg.max_message_bytes,
+        )
 
     # --- sessions -------------------------------------------------------------------------
 
@@ -129,7 +205,27 @@ class BotServer:
         n = self.config.transport.server.max_sessions
         return f"the bot is busy: {n} session{'s' if n != 1 else ''} already running; try again later"
 
+    async def _watch(self, session: Session) -> None:
+        """End a session that does not prove itself: no audio soon after it started, or for too long."""
+        cfg = self.config.transport.server
+        first, idle = cfg.media_timeout_secs, cfg.audio_idle_secs
+        step = min(1.0, first / 4, (idle or first) / 4)
+        while True:
+            await asyncio.sleep(step)
+            now, last, started = time.monotonic(), session.audio.last, session.audio.started
+            if last is None and started is not None and now - started > first:
+                reason = f"no audio within {first:g} s of the start"
+            elif last is not None and idle is not None and now - last > idle:
+                reason = f"no audio for {idle:g} s"
+            else:
+                continue
+            logger.info(f"session {session.id} ({session.kind}): {reason}; ending it")
+            session.info["ended_because"] = reason
+            await session.voice.worker.cancel(reason=reason)
+            return
+
     async def _run_session(self, session: Session) -> None:
+        watch = asyncio.create_task(self._watch(session), name=f"session-watch-{session.id}")
         try:
             report = await session.voice.run()
             session.info["turns"] = report["summary"]["turns"]
@@ -138,13 +234,24 @@ class BotServer:
         except Exception as e:
             logger.exception(f"session {session.id} failed: {e}")
         finally:
+            watch.cancel()
             self.sessions.pop(session.id, None)
+            if self.finished:
+                self.finished[-1].voice = None  # only the newest ended session keeps its pipeline
             self.finished.append(session)
             if session.voice is not None:
                 error = session.voice.fatal_error
                 if error is not None:
                     logger.error(f"session {session.id}: {error}")
+            close = session.info.pop("close", None)
+            if close is not None:
+                try:
+                    await close()
+                except Exception as e:  # already gone
+                    logger.debug(f"session {session.id}: closing its connection: {e}")
             logger.info(f"session {session.id} ({session.kind}) ended; {len(self.sessions)} active")
+            if not self.sessions:
+                await asyncio.to_thread(trim_memory)
 
     # --- app ------------------------------------------------------------------------------
 
@@ -191,7 +298,11 @@ class BotServer:
             SmallWebRTCRequestHandler,
         )
 
-        from voxtral_pipeline.transports.webrtc import build_webrtc_transport, ice_servers
+        from voxtral_pipeline.transports.webrtc import (
+            build_webrtc_transport,
+            ice_servers,
+            offer_audio_problem,
+        )
 
         handler = SmallWebRTCRequestHandler(ice_servers=ice_servers(self.config))
         self._webrtc = handler
@@ -210,7 +321,7 @@ class BotServer:
             return Response(status_code=204)
 
         async def read_json(request: Request) -> dict[str, Any] | JSONResponse:
-            body = await request.body()
+            body = await request.body()  # RequestGuard has read it within the limit already
             if len(body) > limit:
                 logger.warning(f"webrtc: refused a {len(body)}-byte offer (limit {limit})")
                 return JSONResponse({"error": f"request over {limit} bytes"}, status_code=413)
@@ -232,6 +343,12 @@ class BotServer:
                 return data
             if not isinstance(data.get("sdp"), str) or data.get("type") != "offer":
                 return JSONResponse({"error": "expected {sdp, type: 'offer'}"}, status_code=400)
+            if data.get("pc_id") is not None and not isinstance(data["pc_id"], str):
+                return JSONResponse({"error": "pc_id must be a string"}, status_code=400)
+            problem = offer_audio_problem(data["sdp"])
+            if problem:
+                logger.info(f"webrtc: refused an offer: {problem}")
+                return JSONResponse({"error": f"unusable offer: {problem}"}, status_code=400)
             renegotiation = bool(data.get("pc_id")) and data["pc_id"] in self.sessions
             if not renegotiation and self.active_sessions >= self.config.transport.server.max_sessions:
                 logger.info("webrtc: refused a session, at the limit")
@@ -263,19 +380,29 @@ class BotServer:
                 return data
             try:
                 patch = SmallWebRTCPatchRequest(**data)
+                if not isinstance(patch.pc_id, str) or not isinstance(patch.candidates, list):
+                    raise TypeError("pc_id and candidates")
             except Exception:
                 return JSONResponse({"error": "malformed ICE candidate request"}, status_code=400)
-            await handler.handle_patch_request(patch)
+            if patch.pc_id not in self.sessions:
+                return JSONResponse({"error": "no such session"}, status_code=404)
+            try:
+                await handler.handle_patch_request(patch)
+            except Exception as e:
+                logger.info(f"webrtc: dropped ICE candidates: {e}")
+                return JSONResponse({"error": "malformed ICE candidate request"}, status_code=400)
             return {"status": "success"}
 
     def _start_webrtc_session(self, connection, build_transport) -> None:
         transport = build_transport(self.config, connection)
         session = Session(connection.pc_id, "webrtc")
-        session.voice = build_session(self.config, transport, self.models)
+        session.voice = build_session(self.config, transport, self.models, observers=[session.audio])
+        session.info["close"] = connection.disconnect
 
         @transport.event_handler("on_client_disconnected")
         async def _gone(_transport, _client):
-            await session.voice.worker.cancel(reason="client disconnected")
+            if session.voice is not None:  # None once an ended session gave its pipeline up
+                await session.voice.worker.cancel(reason="client disconnected")
 
         self.sessions[session.id] = session
         session.task = asyncio.create_task(self._run_session(session), name=f"session-{session.id}")
@@ -310,15 +437,17 @@ class BotServer:
             self.sessions[session.id] = session
             try:
                 transport = build_websocket_transport(self.config, websocket)
-                session.voice = build_session(self.config, transport, self.models)
+                session.voice = build_session(self.config, transport, self.models, observers=[session.audio])
 
                 @transport.event_handler("on_client_disconnected")
                 async def _gone(_transport, _ws):
-                    await session.voice.worker.cancel(reason="client disconnected")
+                    if session.voice is not None:  # None once an ended session gave its pipeline up
+                        await session.voice.worker.cancel(reason="client disconnected")
 
                 @transport.event_handler("on_session_timeout")
                 async def _timeout(_transport, _ws):
-                    await session.voice.worker.cancel(reason="session timeout")
+                    if session.voice is not None:
+                        await session.voice.worker.cancel(reason="session timeout")
 
                 logger.info(f"session {session.id} (websocket) started; {len(self.sessions)} active")
                 session.task = asyncio.current_task()
@@ -328,8 +457,8 @@ class BotServer:
 
     # --- serving --------------------------------------------------------------------------
 
-    async def start(self) -> str:
-        """Bind and serve in the background; return the URL."""
+    async def start(self, sock: socket.socket | None = None) -> str:
+        """Serve in the background on ``sock`` (default: bind one now); return the URL."""
         import uvicorn
 
         server_cfg = self.config.transport.server
@@ -337,19 +466,9 @@ class BotServer:
         if warning:
             logger.warning(warning)
         ws_max = max(2 * server_cfg.max_message_bytes, 1 << 20)
-        sock = socket.socket(
-            socket.AF_INET6 if ":" in server_cfg.host else socket.AF_INET, socket.SOCK_STREAM
-        )
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((server_cfg.host, server_cfg.port))
-        except OSError as e:
-            sock.close()
-            raise OSError(
-                f"cannot listen on {server_cfg.host}:{server_cfg.port}: {e.strerror or e}"
-            ) from None
+        sock = sock or bind_socket(self.config)
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level="warning", ws_max_size=ws_max, lifespan="off")
+        config = uvicorn.Config(self.asgi, log_level="warning", ws_max_size=ws_max, lifespan="off")
         self._server = uvicorn.Server(config)
         self._serve_task = asyncio.create_task(self._server.serve(sockets=[sock]), name="bot-server")
         while not self._server.started:

@@ -15,7 +15,10 @@ the input as streamed, holds included.
 from __future__ import annotations
 
 import asyncio
+import os
+import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +52,79 @@ FRAME_SECS = 0.02
 
 class AudioInputError(Exception):
     """An input file that cannot be used; the message is meant for the user as is."""
+
+
+class OutputPathError(AudioInputError):
+    """An output or report path that would harm a file or cannot be written; said before any model loads."""
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_file_paths(input: str | Path, **outputs: str | Path | None) -> None:
+    """Refuse outputs that would overwrite the input or each other, or that cannot be written.
+
+    ``outputs`` maps a name (``output``, ``report``) to a path or None. Files are compared by
+    resolved path and, where they exist, by device and inode (a hard link or a second path to the
+    same file is the same file). Each output's directory is made if missing and a temporary file is
+    created and removed in it, the way the result will be written (:func:`atomic_write`): a
+    directory, a device, ``/proc`` or a read-only place is found now, not after the whole run.
+
+    Raises:
+        OutputPathError: with a message for the user.
+    """
+    seen: list[tuple[str, Path, tuple[int, int] | None]] = [
+        ("input", Path(input).resolve(), _identity(Path(input)))
+    ]
+    for name, given in outputs.items():
+        if given is None:
+            continue
+        path = Path(given)
+        resolved, ident = path.resolve(), _identity(path)
+        for other, other_path, other_ident in seen:
+            if resolved == other_path or (ident is not None and ident == other_ident):
+                raise OutputPathError(
+                    f"--{name} {given} is the same file as the --{other}: refusing to overwrite it"
+                )
+        seen.append((name, resolved, ident))
+        if path.is_dir():
+            raise OutputPathError(f"--{name} {given} is a directory, not a file")
+        if path.exists() and not path.is_file():
+            raise OutputPathError(f"--{name} {given} exists and is not a regular file")
+        try:
+            resolved.parent.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=f".{resolved.name}.", suffix=".probe", dir=resolved.parent)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise OutputPathError(f"cannot write --{name} {given}: {e.strerror or e}") from None
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
+    """Write a file under a temporary name in its directory, then rename it into place.
+
+    ``write`` gets the temporary path. A run that fails or is killed mid-write leaves the old
+    file (if any) as it was and no half-written one; the temporary file is removed on failure.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 @dataclass(frozen=True)
@@ -215,6 +291,7 @@ class FileInputTransport(BaseInputTransport):
         silence = b"\x00" * bytes_per_frame
         start = time.monotonic()
         self._transport.mark_stream_start(time.time())
+        logger.info(f"playing {self._config.input} ({self._audio.duration_secs:.1f} s)")
         cues = list(self._cues)
         held_since: float | None = None
         n = 0
@@ -237,6 +314,7 @@ class FileInputTransport(BaseInputTransport):
                 chunk = pcm[offset : offset + bytes_per_frame]
                 chunk += b"\x00" * (bytes_per_frame - len(chunk))
                 offset += bytes_per_frame
+                self._transport.played_secs = min(offset, len(pcm)) / 2 / rate
             else:
                 chunk = silence
                 if n * FRAME_SECS >= self._audio.duration_secs + self._config.tail_secs and self._done(
@@ -312,6 +390,8 @@ class FileTransport(BaseTransport):
         self._user_pcm = bytearray()  # the input as streamed (holds included)
         self._holds: list[tuple[float, float]] = []  # (file secs, secs of silence inserted there)
         self._interruptions: list[float] = []
+        #: Seconds of the input file played so far (the point an interrupted run reached).
+        self.played_secs = 0.0
         in_params = TransportParams(audio_in_enabled=True, audio_in_sample_rate=in_sample_rate)
         out_params = TransportParams(
             audio_out_enabled=True,
@@ -388,7 +468,8 @@ class FileTransport(BaseTransport):
         return out
 
     def write_recording(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sf.write(str(path), self.recording(), self._out_rate, subtype="PCM_16")
-        return path
+        """Write the stereo recording atomically (a temporary file renamed into place)."""
+        recording = self.recording()
+        return atomic_write(
+            path, lambda tmp: sf.write(str(tmp), recording, self._out_rate, subtype="PCM_16", format="WAV")
+        )

@@ -9,6 +9,8 @@ TURN server is needed on localhost or a LAN.
 
 from __future__ import annotations
 
+import re
+
 from pipecat.transports.base_transport import TransportParams
 from pipecat.transports.smallwebrtc.connection import IceServer, SmallWebRTCConnection
 from pipecat.transports.smallwebrtc.transport import SmallWebRTCTransport
@@ -35,3 +37,37 @@ def build_webrtc_transport(
     """A transport for one peer connection (a fresh, not yet negotiated one when None)."""
     connection = connection or SmallWebRTCConnection(ice_servers=ice_servers(config))
     return SmallWebRTCTransport(webrtc_connection=connection, params=webrtc_params(config))
+
+
+#: Audio codecs aiortc (and so SmallWebRTC) can receive.
+AUDIO_CODECS = ("opus", "pcmu", "pcma", "g722")
+
+
+def offer_audio_problem(sdp: str) -> str | None:
+    """Why an SDP offer cannot bring the bot a microphone, or None when it can.
+
+    An offer must be an SDP session (``v=0``) with an ``m=audio`` section that is not disabled
+    (port 0), sends (not ``recvonly``/``inactive``) and offers a codec aiortc decodes. Anything
+    else would start a session that can never hear anyone and hold a slot until it times out.
+    """
+    if not sdp.lstrip().startswith("v=0"):
+        return "not an SDP session description"
+    sections = re.split(r"\r?\n(?=m=)", sdp)
+    problems = []
+    for section in sections[1:]:
+        header = section.splitlines()[0].split()
+        if not header or header[0] != "m=audio":
+            continue
+        if len(header) < 4 or header[1] == "0":
+            problems.append("its audio section is disabled")
+            continue
+        directions = re.findall(r"^a=(sendrecv|sendonly|recvonly|inactive)\s*$", section, re.M)
+        if directions and directions[-1] in ("recvonly", "inactive"):
+            problems.append(f"its audio is {directions[-1]}: the bot would hear nothing")
+            continue
+        codecs = {c.lower() for c in re.findall(r"^a=rtpmap:\d+ ([^/\s]+)/", section, re.M)}
+        if not codecs & set(AUDIO_CODECS):
+            problems.append("no audio codec the bot can decode (opus, PCMU, PCMA, G722)")
+            continue
+        return None
+    return problems[0] if problems else "no audio section (m=audio)"

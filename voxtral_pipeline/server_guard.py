@@ -1,0 +1,185 @@
+"""What every request to the bot's server must pass before any route sees it (ASGI middleware).
+
+The bot listens on loopback by default, and a web page the user visits can still reach it: a
+cross-site ``POST`` with ``Content-Type: text/plain`` needs no CORS preflight, and DNS rebinding
+makes a hostile name resolve to 127.0.0.1. So, for every HTTP request and WebSocket handshake,
+whatever route it is for (routes added later get the same checks):
+
+- ``Host`` must name this server: the bound address, the loopback names on a loopback bind, or
+  ``transport.server.allowed_hosts`` (``*``: any). Otherwise 403.
+- ``Origin``, when a browser sends one, must be the server's own origin or one of
+  ``transport.server.allowed_origins`` (``*``: any). Otherwise 403 (the WebSocket handshake too).
+- A request with a body (POST, PUT, PATCH) must be ``application/json`` (415), and its body is
+  read here, counted as it streams, up to ``max_message_bytes``: a ``Content-Length`` over the
+  limit is refused before a byte is read, a chunked body as soon as it passes it (413). Nothing
+  larger than the limit is ever held in memory.
+
+This is Jupyter's ``allow_origin`` / host allow-list and nginx's ``client_max_body_size``, for a
+voice bot.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+from urllib.parse import urlsplit
+
+from loguru import logger
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+BODY_METHODS = ("POST", "PUT", "PATCH")
+#: Close code for a WebSocket refused at the handshake (uvicorn answers it with HTTP 403).
+WS_POLICY_VIOLATION = 1008
+
+
+def split_host(value: str) -> str:
+    """The name part of a ``Host`` header (``[::1]:7860`` -> ``::1``), lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        return value.split(":", 1)[0]
+    return value
+
+
+def _origin_key(origin: str) -> tuple[str, str, int | None] | None:
+    try:
+        parts = urlsplit(origin.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+class RequestGuard:
+    """ASGI middleware: Host and Origin allow-lists, JSON-only bodies read within a size limit."""
+
+    def __init__(
+        self,
+        app: Callable[[Scope, Receive, Send], Awaitable[None]],
+        *,
+        hosts: Iterable[str] | None,
+        origins: Iterable[str] = (),
+        max_body_bytes: int,
+    ):
+        """``hosts`` None accepts any Host; ``origins`` are allowed besides the server's own."""
+        self.app = app
+        self.hosts = None if hosts is None else {h.lower() for h in hosts}
+        origins = list(origins)
+        self.any_origin = "*" in origins
+        self.origins = {key for key in map(_origin_key, origins) if key is not None}
+        self.max_body_bytes = max_body_bytes
+        self.refused = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        problem = self._host_or_origin_problem(scope, headers)
+        if problem:
+            await self._refuse(scope, send, 403, problem)
+            return
+        if scope["type"] == "http" and scope.get("method") in BODY_METHODS:
+            result = await self._read_body(headers, receive)
+            if isinstance(result, tuple):
+                await self._refuse(scope, send, *result)
+                return
+            receive = _replay(result, receive)
+        await self.app(scope, receive, send)
+
+    def _host_or_origin_problem(self, scope: Scope, headers: dict[str, str]) -> str | None:
+        host = headers.get("host", "")
+        if self.hosts is not None and split_host(host) not in self.hosts:
+            return f"host {host!r} is not served here (transport.server.allowed_hosts)"
+        origin = headers.get("origin")
+        if origin is None or self.any_origin:
+            return None
+        key = _origin_key(origin)
+        secure = scope.get("scheme") in ("https", "wss")
+        own = _origin_key(f"{'https' if secure else 'http'}://{host}")
+        if key is None or (key != own and key not in self.origins):
+            return f"origin {origin!r} is not allowed (transport.server.allowed_origins)"
+        return None
+
+    async def _read_body(self, headers: dict[str, str], receive: Receive) -> bytes | tuple[int, str]:
+        limit = self.max_body_bytes
+        kind = headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if kind != "application/json":
+            return 415, "requests with a body must be Content-Type: application/json"
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return 400, "malformed Content-Length"
+            if int(length) > limit:
+                return 413, f"request over {limit} bytes"
+        body = bytearray()
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return 400, "the client went away mid-request"
+            body.extend(message.get("body", b""))
+            if len(body) > limit:  # a chunked body: counted as it arrives, never held past the limit
+                return 413, f"request over {limit} bytes"
+            if not message.get("more_body", False):
+                return bytes(body)
+
+    async def _refuse(self, scope: Scope, send: Send, status: int, why: str) -> None:
+        self.refused += 1
+        log = logger.warning if self.refused <= 20 else logger.debug
+        log(f"server: refused a {scope['type']} request to {scope.get('path')}: {why}")
+        if scope["type"] == "websocket":
+            await send({"type": "websocket.close", "code": WS_POLICY_VIOLATION, "reason": why[:120]})
+            return
+        body = json.dumps({"error": why}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A ``receive`` that gives the app the body already read, then the rest of the connection's messages."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+def allowed_hosts(host: str, extra: Iterable[str]) -> list[str] | None:
+    """The Host names a server bound to ``host`` answers (None: any)."""
+    from voxtral_pipeline.server import is_loopback
+
+    extra = [h.strip().lower() for h in extra]
+    if "*" in extra:
+        return None
+    if host in ("0.0.0.0", "::", ""):
+        # Every address of the machine is bound: its names cannot be listed here. Without
+        # allowed_hosts any is accepted; bind_warning already says to set a token.
+        return sorted({*extra, *LOOPBACK_NAMES}) if extra else None
+    names = {split_host(host), *extra}
+    if is_loopback(host):
+        names.update(LOOPBACK_NAMES)
+    return sorted(names)
