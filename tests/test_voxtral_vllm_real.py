@@ -21,7 +21,7 @@ import sys
 
 import pytest
 from aiohttp import ClientSession, web
-from pipecat.adapters.schemas.function_schema import FunctionSchema
+from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.frames.frames import ErrorFrame, LLMFullResponseEndFrame, LLMTextFrame
 
 from tests.speech import conversation, needs_espeak, write_wav
