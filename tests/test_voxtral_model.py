@@ -209,7 +209,6 @@ def test_dummy_full_has_the_real_architecture(tmp_path):
 
 def test_resolve_dtype():
     assert vx.resolve_dtype("auto", "cpu") == torch.float32
-    assert vx.resolve_dtype("auto", "cuda:0") == torch.bfloat16
     assert vx.resolve_dtype("float16", "cpu") == torch.float16
     with pytest.raises(ValueError):
         vx.resolve_dtype("int8", "cpu")

@@ -507,6 +507,9 @@ def add_bench_parser(sub) -> None:
     p.add_argument("--no-chart", action="store_true", help="write no PNG")
     p.add_argument("--config", "-c", type=Path, help="config file (TOML/YAML/JSON) for everything else")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument(
+        "--vllm", metavar="URL", help="Voxtral on a vLLM server, e.g. http://127.0.0.1:8000/v1 (docs/vllm.md)"
+    )
     p.add_argument("--compare", type=Path, metavar="BASELINE.json", help="fail on figures worse than this")
     p.add_argument(
         "--current",
@@ -528,6 +531,9 @@ def _options(args: argparse.Namespace) -> BenchOptions:
             raise BenchError(f"--set needs KEY=VALUE, got {item!r}")
         key, value = item.split("=", 1)
         overrides[key.strip()] = value
+    if getattr(args, "vllm", None):
+        overrides.setdefault("voxtral.backend", "vllm")
+        overrides.setdefault("voxtral.vllm.base_url", args.vllm)
     if not 0 <= args.reply_tokens <= 4096:
         raise BenchError(f"--reply-tokens must be between 0 and 4096, got {args.reply_tokens}")
     if not 1 <= args.repeats <= 100:

@@ -157,10 +157,14 @@ class VoxtralConfig(_Strict):
     )
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
-        "auto", description="auto = bfloat16 on GPU, float32 on CPU."
+        "auto",
+        description="auto = bfloat16 on GPUs with native bf16 (compute capability >= 8.0), float16 on older "
+        "GPUs, float32 on CPU.",
     )
     attn_implementation: Literal["auto", "sdpa", "flash_attention_2", "eager"] = Field(
-        "auto", description="auto = flash_attention_2 when flash-attn is installed and on CUDA, else sdpa."
+        "auto",
+        description="auto = flash_attention_2 where it runs (flash-attn imports, fp16/bf16, compute "
+        "capability >= 8.0), else sdpa.",
     )
     max_new_tokens: int = Field(256, ge=1, le=8192, description="Cap on the tokens of one answer.")
     temperature: float = Field(0.2, ge=0.0, le=2.0, description="0 = greedy decoding (model card: 0.2).")

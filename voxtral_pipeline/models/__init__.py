@@ -69,11 +69,16 @@ def resolve_device(device: str) -> str:
     return device
 
 
-def offline_message(what: str, model_id: str, flag: str) -> str:
-    """The one sentence a user sees when a hub model is neither cached nor downloadable."""
+def offline_message(what: str, model_id: str, flag: str, include: tuple[str, ...] = ()) -> str:
+    """The one sentence a user sees when a hub model is neither cached nor downloadable.
+
+    ``include``: the file patterns the loader needs, when the repo holds more (another format's
+    weights), so the hint downloads only those.
+    """
+    command = f"hf download {model_id}" + "".join(f" --include '{p}'" for p in include)
     return (
         f"{what} model {model_id!r} is not in the local HuggingFace cache and the hub cannot be reached: "
-        f"download it once on a connected machine (`hf download {model_id}`), point {flag} at a local "
+        f"download it once on a connected machine (`{command}`), point {flag} at a local "
         f"directory holding it, or use {flag} dummy:tiny for random weights"
     )
 

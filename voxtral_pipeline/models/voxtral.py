@@ -218,13 +218,51 @@ def build_conversation(
 # ----------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DeviceProperties:
+    """What dtype and attention choices depend on, so both are pure functions of it (and testable).
+
+    Parameters:
+        type: ``cpu`` or ``cuda`` (anything else is treated like the CPU).
+        compute_capability: CUDA ``(major, minor)``; None off CUDA.
+    """
+
+    type: str
+    compute_capability: tuple[int, int] | None = None
+
+    @classmethod
+    def of(cls, device: str) -> DeviceProperties:
+        if not device.startswith("cuda"):
+            return cls(type=device.split(":")[0])
+        index = torch.device(device).index
+        major, minor = torch.cuda.get_device_capability(
+            index if index is not None else torch.cuda.current_device()
+        )
+        return cls(type="cuda", compute_capability=(major, minor))
+
+    @property
+    def native_bf16(self) -> bool:
+        """bf16 tensor cores: Ampere (8.0) and later. Older GPUs only emulate bf16, slowly."""
+        return self.compute_capability is not None and self.compute_capability >= (8, 0)
+
+
+def choose_dtype(requested: str, props: DeviceProperties) -> torch.dtype:
+    """``auto``: bf16 on GPUs that support it natively, fp16 on older GPUs, fp32 on CPUs.
+
+    bf16 matmuls are slow on CPUs, and on pre-Ampere GPUs (T4, V100) torch emulates them.
+    """
+    if requested == "auto":
+        if props.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if props.native_bf16 else torch.float16
+    if requested not in ("bfloat16", "float16", "float32"):
+        raise ValueError(f"unknown dtype {requested!r}: use auto, bfloat16, float16 or float32")
+    return getattr(torch, requested)
+
+
 def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    """``auto`` is bfloat16 on CUDA and float32 elsewhere (bf16 matmuls are slow on CPUs)."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    if dtype not in ("bfloat16", "float16", "float32"):
-        raise ValueError(f"unknown dtype {dtype!r}: use auto, bfloat16, float16 or float32")
-    return getattr(torch, dtype)
+    """:func:`choose_dtype` for a device string (asks CUDA for its compute capability)."""
+    return choose_dtype(dtype, DeviceProperties.of(device) if dtype == "auto" else DeviceProperties("cpu"))
 
 
 def load_voxtral(
@@ -241,12 +279,14 @@ def load_voxtral(
     Args:
         spec: Hub id, local directory, or dummy spec.
         device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-        dtype: ``auto`` (bf16 on GPU, fp32 on CPU), ``bfloat16``, ``float16`` or ``float32``.
+        dtype: ``auto`` (bf16 on GPUs with native bf16, fp16 on older GPUs, fp32 on CPU),
+            ``bfloat16``, ``float16`` or ``float32``.
         seed: Seed of the dummies' random weights (default 0); ignored for real weights.
         cache_dir: Where dummy checkpoints are kept (default ``$VOXTRAL_PIPELINE_CACHE/dummy``, else
             ``~/.cache/voxtral-pipeline/dummy``).
-        attn_implementation: ``auto`` (flash_attention_2 on CUDA when flash-attn is installed, else
-            sdpa), ``sdpa``, ``flash_attention_2`` or ``eager``.
+        attn_implementation: ``auto`` (flash_attention_2 where it can run: flash-attn imports,
+            fp16/bf16, compute capability >= 8.0; else sdpa), ``sdpa``, ``flash_attention_2`` or
+            ``eager``.
 
     Raises:
         ModelUnavailableError: with a one-sentence message when the model cannot be had.
@@ -254,7 +294,7 @@ def load_voxtral(
     parsed = parse_model_spec(spec, "Voxtral")
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    attn = resolve_attn_implementation(attn_implementation, dev)
+    attn = resolve_attn_implementation(attn_implementation, dev, torch_dtype)
     if parsed.kind == "dummy":
         seed = 0 if seed is None else seed
         if parsed.value == "tiny":
@@ -276,13 +316,46 @@ def load_voxtral(
     )
 
 
-def resolve_attn_implementation(name: str, device: str) -> str:
-    """``auto``: flash_attention_2 on CUDA when the flash-attn package is installed, else sdpa."""
-    if name != "auto":
-        return name
-    if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
+def choose_attn_implementation(
+    requested: str, props: DeviceProperties, dtype: torch.dtype, flash_attn_usable: bool
+) -> str:
+    """``auto``: flash_attention_2 only where it can run, else sdpa.
+
+    flash-attn needs the package to import, fp16/bf16 weights and an Ampere or newer GPU
+    (compute capability >= 8.0); anywhere else transformers accepts the choice and the first
+    forward fails. An explicit choice is kept as is.
+    """
+    if requested != "auto":
+        return requested
+    if (
+        flash_attn_usable
+        and props.type == "cuda"
+        and dtype in (torch.float16, torch.bfloat16)
+        and props.compute_capability is not None
+        and props.compute_capability >= (8, 0)
+    ):
         return "flash_attention_2"
     return "sdpa"
+
+
+def flash_attn_importable() -> bool:
+    """True when ``flash_attn`` imports: a wheel built for another torch/CUDA raises at import
+    (ImportError, OSError on a missing .so, RuntimeError), which means sdpa, not a crash."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return False
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as e:
+        logger.warning(f"flash-attn is installed but does not import ({type(e).__name__}: {e}); using sdpa")
+        return False
+    return True
+
+
+def resolve_attn_implementation(name: str, device: str, dtype: torch.dtype = torch.float32) -> str:
+    """:func:`choose_attn_implementation` for a device string (imports flash-attn only on CUDA)."""
+    if name != "auto" or not device.startswith("cuda"):
+        return choose_attn_implementation(name, DeviceProperties("cpu"), dtype, False)
+    return choose_attn_implementation(name, DeviceProperties.of(device), dtype, flash_attn_importable())
 
 
 def _from_pretrained(
@@ -311,18 +384,53 @@ def _load_local(path: str, device: str, dtype: torch.dtype, attn: str = "sdpa") 
         ) from e
 
 
+#: What transformers loads from a Voxtral repo. The hub repo also holds ``consolidated.safetensors``
+#: and ``params.json`` (the same weights in Mistral's format, for vLLM): a plain ``hf download``
+#: would fetch the 9 GB of weights twice.
+HUB_FILES = ("*.json", "model*.safetensors")
+#: Files without which a cached snapshot cannot load (the weights are named in the index).
+_REQUIRED_HUB_FILES = ("config.json", TEKKEN_FILENAME)
+
+
+def _missing_cached_files(model_id: str) -> list[str]:
+    """Required files absent from the local cache's snapshot (all of them when there is none)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return [
+        name for name in _REQUIRED_HUB_FILES if not isinstance(try_to_load_from_cache(model_id, name), str)
+    ]
+
+
 def _load_hub(model_id: str, device: str, dtype: torch.dtype, attn: str = "sdpa") -> tuple[Any, Any]:
-    """The local cache first; the hub only when it answers a quick probe (its client retries for minutes)."""
+    """The local cache first; the hub only when it answers a quick probe (its client retries for minutes).
+
+    A partly cached snapshot (an interrupted download: ``config.json`` there, ``tekken.json`` not)
+    fails the cache-only load with a ValueError from the tokenizer, not an OSError: it is resumed
+    from the hub like a missing one, or named in one sentence when the hub cannot be reached.
+    """
     try:
         return _from_pretrained(model_id, device, dtype, attn, local_files_only=True)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         logger.debug(f"Voxtral {model_id} not (fully) cached: {_first_line(e)}")
+    missing = _missing_cached_files(model_id)
+    partial = 0 < len(missing) < len(_REQUIRED_HUB_FILES)
     if not hub_reachable():
-        raise ModelUnavailableError(offline_message("Voxtral", model_id, MODEL_FLAG))
-    logger.info(f"Downloading Voxtral {model_id} from the hub (first run)")
+        if partial:
+            command = f"hf download {model_id}" + "".join(f" --include '{p}'" for p in HUB_FILES)
+            raise ModelUnavailableError(
+                f"Voxtral model {model_id!r} is only partly in the local HuggingFace cache "
+                f"({', '.join(missing)} missing: an interrupted download?) and the hub cannot be reached: "
+                f"finish the download on a connected machine "
+                f"(`{command}`), "
+                f"or point {MODEL_FLAG} at a local directory holding the whole model"
+            )
+        raise ModelUnavailableError(offline_message("Voxtral", model_id, MODEL_FLAG, HUB_FILES))
+    logger.info(
+        f"Downloading Voxtral {model_id} from the hub" + (" (resuming)" if partial else " (first run)")
+    )
     try:
         return _from_pretrained(model_id, device, dtype, attn)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ModelUnavailableError(
             f"cannot download Voxtral model {model_id!r} from the hub: {_first_line(e)}"
         ) from e
@@ -372,6 +480,19 @@ def dummy_voxtral_config(size: Literal["tiny", "full"]) -> Any:
         **ids,
     }
     return VoxtralConfig(audio_config=audio, text_config=text, audio_token_id=AUDIO_TOKEN_ID)
+
+
+def kv_bytes_per_token(text_config: Any, dtype: torch.dtype) -> int:
+    """KV-cache bytes per token of context: K and V of every layer's KV heads.
+
+    With ``static_cache`` each session preallocates ``kv_cache_max_tokens`` of these
+    (docs/deployment.md): 120 KiB x 16384 = 1.88 GiB per session for Voxtral-Mini-3B in bf16.
+    """
+    head_dim = (
+        getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    )
+    layers, kv_heads = text_config.num_hidden_layers, text_config.num_key_value_heads
+    return 2 * layers * kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
 def dummy_suppressed_tokens(kind: TekkenKind) -> list[int]:
@@ -533,21 +654,27 @@ class TokenStreamer(BaseStreamer):
 
     ``TextIteratorStreamer`` holds text back to word boundaries and queues empty items; this one
     calls ``on_delta(text, n_tokens)`` once per generated token with the text that token completed.
-    Only a token ending inside a multi-byte UTF-8 character is held back (its delta is empty) until
-    the character is whole. The prompt, which ``generate()`` pushes first, is skipped.
+    A token ending inside a multi-byte UTF-8 character hands out only the whole characters before
+    it; the rest follows once the character is whole, however many tokens that takes (a BPE token
+    can end one character and begin the next). The prompt, which ``generate()`` pushes first, is
+    skipped.
 
     Control tokens are dropped from the text, except those of a function call (``[TOOL_CALLS]``,
     ``[ARGS]``, ``[CALL_ID]``), which are handed out whole as their string, so the stage can hold a
     call back from the speech and parse it (the way vLLM's Mistral tool parser reads them).
     """
 
-    MAX_HELD_TOKENS = 4  # a UTF-8 character is at most 4 bytes, so at most 4 byte-level tokens
+    #: Tokens that each end inside a character (a BPE token can end one character's bytes and
+    #: begin the next one's, so such a run has no fixed length): past this many the run is
+    #: handed out as it decodes. Only undecodable bytes get that far.
+    MAX_HELD_TOKENS = 64
 
     def __init__(self, tokenizer: Any, on_delta: Callable[[str, int], None]):
         self._tokenizer = tokenizer
         self._on_delta = on_delta
         self._prompt_seen = False
         self._held: list[int] = []
+        self._sent = 0  # characters of the held run's text already handed out
         self._markers = tool_call_token_ids(tokenizer)
         self.token_ids: list[int] = []
 
@@ -570,16 +697,20 @@ class TokenStreamer(BaseStreamer):
             self._held.append(token_id)
             text = self._decode(self._held)
             if text.endswith("\ufffd") and len(self._held) < self.MAX_HELD_TOKENS:
-                self._on_delta("", 1)
+                # The run ends inside a character: hand out the whole characters before it only.
+                stable = text.rstrip("\ufffd")
+                delta, self._sent = stable[self._sent :], max(self._sent, len(stable))
+                self._on_delta(delta, 1)
                 continue
-            self._held = []
-            self._on_delta(text, 1)
+            delta = text[self._sent :]
+            self._held, self._sent = [], 0
+            self._on_delta(delta, 1)
 
     def end(self) -> None:
         """Flush a held tail (an incomplete character at the very end decodes to U+FFFD)."""
         if self._held:
-            text = self._decode(self._held)
-            self._held = []
+            text = self._decode(self._held)[self._sent :]
+            self._held, self._sent = [], 0
             if text:
                 self._on_delta(text, 0)
 

@@ -189,6 +189,9 @@ class VLLMClient:
         form.add_field("file", wav_bytes(samples, SAMPLE_RATE), filename="turn.wav", content_type="audio/wav")
         form.add_field("model", self.config.model)
         form.add_field("temperature", "0")
+        # Without a limit a transcript can run to the context limit (a random or confused model
+        # never stops). The in-process engine's bound: 8 tokens a second of audio, plus 16.
+        form.add_field("max_completion_tokens", str(max(16, int(len(samples) / SAMPLE_RATE * 8) + 16)))
         if language:
             form.add_field("language", language)
         try:
