@@ -107,7 +107,7 @@ class FileResults:
         self._file = config.transport.file
         self._transport = transport
         self._voice = voice
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a second signal runs in the thread that may be writing
         self.written = False
 
     def write(self, report: dict[str, Any] | None, signum: int | None) -> None:

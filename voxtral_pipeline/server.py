@@ -34,7 +34,7 @@ import socket
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from typing import Any
 
@@ -236,8 +236,8 @@ class BotServer:
         finally:
             watch.cancel()
             self.sessions.pop(session.id, None)
-            if self.finished:
-                self.finished[-1].voice = None  # only the newest ended session keeps its pipeline
+            if self.finished:  # only the newest ended session keeps its pipeline (a copy without it)
+                self.finished[-1] = replace(self.finished[-1], voice=None)
             self.finished.append(session)
             if session.voice is not None:
                 error = session.voice.fatal_error
