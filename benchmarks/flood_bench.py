@@ -39,10 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.machine import machine_info  # noqa: E402
-from voxtral_pipeline.testing.flood import FramesClient, cpu_secs, rss_mb, speech_pcm  # noqa: E402
+from voxtral_pipeline.machine import machine_info
+from voxtral_pipeline.testing.flood import FramesClient, cpu_secs, rss_mb, speech_pcm
 
 RESULTS = Path(__file__).resolve().parent / "results"
 QUESTION = "What is the capital of France?"

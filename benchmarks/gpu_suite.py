@@ -39,7 +39,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 #: Packages each section needs beyond torch and transformers (carried as wheels on a bare machine).
 NEEDS = {
