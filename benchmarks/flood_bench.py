@@ -39,7 +39,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from voxtral_pipeline.machine import machine_info
 from voxtral_pipeline.testing.flood import FramesClient, cpu_secs, rss_mb, speech_pcm
 

@@ -39,7 +39,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 #: Packages each section needs beyond torch and transformers (carried as wheels on a bare machine).
 NEEDS = {
     "voxtral_turns": ["pipecat", "mistral_common", "loguru", "pydantic", "soundfile"],
