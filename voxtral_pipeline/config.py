@@ -563,6 +563,11 @@ class TransportConfig(_Strict):
         "webrtc",
         description="Transport to use (the CLI picks file when --input is given without --transport).",
     )
+    rtvi: bool = Field(
+        True,
+        description="pipecat's RTVI protocol on the webrtc, websocket and daily transports (what pipecat's "
+        "client SDKs and prebuilt UI speak: bot-ready, bot text, transcripts, speaking state, metrics).",
+    )
     server: ServerConfig = Field(default_factory=ServerConfig)
     webrtc: WebRTCTransportConfig = Field(default_factory=WebRTCTransportConfig)
     websocket: WebSocketTransportConfig = Field(default_factory=WebSocketTransportConfig)

@@ -114,6 +114,15 @@ class VoicePipeline:
         return report
 
 
+#: Transports with a client on the other end that can speak RTVI.
+RTVI_TRANSPORTS = ("webrtc", "websocket", "daily")
+
+
+def rtvi_enabled(config: PipelineConfig) -> bool:
+    """Whether the worker adds pipecat's RTVI processor and observer (``transport.rtvi``, live transports)."""
+    return config.transport.rtvi and config.transport.kind in RTVI_TRANSPORTS
+
+
 #: Voxtral stage numbers added to each turn of the JSON report.
 VOXTRAL_REPORT_FIELDS = ("prompt_tokens", "prefill_tokens", "generate_calls", "speculation_saved_ms")
 
@@ -174,7 +183,9 @@ def build_pipeline(
         observers=[metrics.observer, *(observers or [])],
         # pipecat's conversation/turn/service spans; the metrics stage adds the waterfall's.
         enable_tracing=config.metrics.tracing,
-        enable_rtvi=False,
+        # pipecat's RTVI (RTVIProcessor + RTVIObserver) for pipecat's own clients: bot-ready,
+        # bot-llm-text, speaking state, transcripts, metrics. Only live transports have a client.
+        enable_rtvi=rtvi_enabled(config),
         idle_timeout_secs=None,
         setup_timeout_secs=SETUP_TIMEOUT_SECS,
         # A stage that cannot work (a model that failed to load) leaves no session worth running.
