@@ -96,10 +96,14 @@ class CDP:
         )
         return result.get("result", {}).get("value")
 
-    def console_errors(self) -> list[str]:
+    def console_errors(self, offline_ok: bool = False) -> list[str]:
+        """Errors the page logged or threw; ``offline_ok`` leaves out resources from hosts this
+        (offline) machine cannot resolve."""
         out = []
         for e in self.events:
             p = e.get("params", {})
+            if offline_ok and "ERR_NAME_NOT_RESOLVED" in json.dumps(p):
+                continue
             if e["method"] == "Runtime.consoleAPICalled" and p.get("type") == "error":
                 out.append(" ".join(str(a.get("value", a.get("description"))) for a in p.get("args", [])))
             elif e["method"] == "Runtime.exceptionThrown":
