@@ -18,7 +18,10 @@ def model_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     return parser
 
 
-def config_from(args: argparse.Namespace, **overrides: Any) -> PipelineConfig:
+def config_from(args: argparse.Namespace | None, **overrides: Any) -> PipelineConfig:
+    """The config from ``model_args``' arguments (None: the file-less default and the environment)."""
+    if args is None:
+        return load_config(None, overrides)
     values: dict[str, Any] = {"voxtral.model": args.model, "kokoro.model": args.tts_model, **overrides}
     for item in args.set:
         key, _, value = item.partition("=")
