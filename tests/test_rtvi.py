@@ -17,13 +17,14 @@ from pipecat.frames.frames import (
     InputTransportMessageFrame,
     OutputAudioRawFrame,
     OutputTransportMessageUrgentFrame,
+    TranscriptionFrame,
 )
-from pipecat.processors.frameworks.rtvi import RTVIProcessor
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 
 from tests.speech import needs_espeak
 from tests.transport_helpers import TOKEN, dummy_config, question_pcm, running_server
 from voxtral_pipeline.pipeline import rtvi_enabled
+from voxtral_pipeline.processors.rtvi import ObjectsOnlyRTVIProcessor
 
 LABEL = "rtvi-ai"
 
@@ -97,12 +98,27 @@ async def test_rtvi_client_gets_bot_ready_errors_and_a_turn(server):
                 n += 1
                 assert loop.time() - start < 90, f"no answer; rtvi so far: {rtvi[:20]}"
                 await asyncio.sleep(max(0.0, start + n * 0.02 - loop.time()))
+            # The user's words: a TranscriptionFrame (the Voxtral stage's transcript) reaches the
+            # client as RTVI user-transcription.
+            session = next(iter(server.sessions.values()))
+            await session.voice.worker.queue_frame(
+                TranscriptionFrame("hello there", "user", "2026-01-01T00:00:00Z")
+            )
+            for _ in range(100):
+                if any(m["type"] == "user-transcription" for m in rtvi):
+                    break
+                await asyncio.sleep(0.1)
         finally:
             receiver.cancel()
 
+    heard = [m["data"] for m in rtvi if m["type"] == "user-transcription"]
+    assert heard and heard[0]["text"] == "hello there" and heard[0]["final"], rtvi
     types = [m["type"] for m in rtvi]
     assert "bot-ready" in types, types
-    assert any(m["type"] == "error" and "Invalid RTVI" in m["data"]["error"] for m in rtvi), rtvi
+    errors = [m["data"]["error"] for m in rtvi if m["type"] == "error"]
+    assert any("Invalid RTVI" in e and "type" in e for e in errors), errors  # {"type": 7}
+    assert any(e.endswith("not a JSON object") for e in errors), errors  # ["a", "list"]
+    assert not any("has no attribute" in e for e in errors), errors
     assert any(m["type"] == "error-response" and m["id"] == "u1" for m in rtvi), rtvi
     for t in (
         "user-started-speaking",
@@ -117,4 +133,4 @@ async def test_rtvi_client_gets_bot_ready_errors_and_a_turn(server):
     # Our own events still come beside RTVI's, for our page.
     assert "bot-text" in [m["type"] for m in ours]
     session = next(iter(server.sessions.values()), None) or server.finished[-1]
-    assert isinstance(session.voice.worker.rtvi, RTVIProcessor)
+    assert isinstance(session.voice.worker.rtvi, ObjectsOnlyRTVIProcessor)

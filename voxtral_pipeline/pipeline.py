@@ -23,6 +23,7 @@ from voxtral_pipeline.processors.chunker import WordChunker
 from voxtral_pipeline.processors.kokoro import KokoroTTSService
 from voxtral_pipeline.processors.metrics import MetricsStage
 from voxtral_pipeline.processors.playback import PlaybackTracker
+from voxtral_pipeline.processors.rtvi import ObjectsOnlyRTVIProcessor
 from voxtral_pipeline.processors.turns import TurnStage
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService
 
@@ -186,6 +187,7 @@ def build_pipeline(
         # pipecat's RTVI (RTVIProcessor + RTVIObserver) for pipecat's own clients: bot-ready,
         # bot-llm-text, speaking state, transcripts, metrics. Only live transports have a client.
         enable_rtvi=rtvi_enabled(config),
+        rtvi_processor=ObjectsOnlyRTVIProcessor() if rtvi_enabled(config) else None,
         idle_timeout_secs=None,
         setup_timeout_secs=SETUP_TIMEOUT_SECS,
         # A stage that cannot work (a model that failed to load) leaves no session worth running.
