@@ -2,7 +2,8 @@
 
 Chromium's fake microphone plays recorded espeak speech (three questions with long pauses) into
 the page; the page connects over WebRTC to a bot with dummy models, and must show the bot's words,
-each turn's latency waterfall, get RTVI's ``bot-ready`` (it is an RTVI client too) and mark an
+each turn's latency waterfall, get RTVI's ``bot-ready`` (it is an RTVI client too), show the user's
+words when their transcript (RTVI ``user-transcription``) arrives, and mark an
 answer "(interrupted)" only where the server's metrics say the bot was cut off. A screenshot is
 saved under the test's tmp dir (and copied to ``$VOXTRAL_SCREENSHOT_DIR`` when set;
 ``docs/browser.png`` was made that way). Skipped when Debian's ``chromium`` is not installed
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pipecat.frames.frames import TranscriptionFrame
 
 from tests.speech import needs_espeak, speak, write_wav
 from tests.transport_helpers import TOKEN, dummy_config, running_server
@@ -55,6 +57,15 @@ async def test_page_connects_and_holds_three_turns(server, tmp_path):
             if state.get("state") == "error" or len(final) >= 3:
                 break
             await asyncio.sleep(0.1)
+        # The user's words: the Voxtral stage's transcript (a TranscriptionFrame) arrives as RTVI
+        # user-transcription and replaces the "spoke for" note of the latest turn.
+        session = next(iter(server.sessions.values()))
+        await session.voice.worker.queue_frame(TranscriptionFrame("thank you very much", "user", "now"))
+        for _ in range(100):
+            if await cdp.evaluate("window.voxtral.userText.length > 0"):
+                break
+            await asyncio.sleep(0.1)
+        bubbles = await cdp.evaluate("[...document.querySelectorAll('.msg.user')].map(e => e.textContent)")
         await asyncio.sleep(0.5)  # let the last words paint
         shot = await cdp.send("Page.captureScreenshot", format="png")
         marked = await cdp.evaluate("document.querySelectorAll('.msg.bot.interrupted').length")
@@ -75,3 +86,4 @@ async def test_page_connects_and_holds_three_turns(server, tmp_path):
     # "(interrupted)" only where the bot really was cut off (the metrics stage knows).
     assert marked == state["interrupted"] == sum(t["interrupted"] for t in final), (marked, final)
     assert state["rtvi"].get("bot-ready") == 1, state["rtvi"]
+    assert bubbles and bubbles[-1].endswith("thank you very much"), bubbles
