@@ -134,3 +134,4 @@ async def test_rtvi_client_gets_bot_ready_errors_and_a_turn(server):
     assert "bot-text" in [m["type"] for m in ours]
     session = next(iter(server.sessions.values()), None) or server.finished[-1]
     assert isinstance(session.voice.worker.rtvi, ObjectsOnlyRTVIProcessor)
+    assert session.voice.worker.rtvi.ignored == 2  # {"hello": ...} and the list, each once

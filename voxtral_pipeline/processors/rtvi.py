@@ -4,6 +4,8 @@ pipecat 1.14's ``RTVIProcessor`` calls ``message.get(...)`` on whatever a client
 or string raises ``AttributeError`` inside the processor (logged as a processor error, and the
 client is told ``Error processing frame: 'list' object has no attribute 'get'``). Here such a
 message gets the same RTVI ``error`` an invalid RTVI message gets, and nothing else happens.
+And pipecat logs a WARNING for every message without the RTVI label: a client sending thousands
+(tests/test_hostile_input.py's flood) would fill the log, so those are counted and logged at DEBUG.
 """
 
 from __future__ import annotations
@@ -11,13 +13,24 @@ from __future__ import annotations
 from loguru import logger
 from pipecat.frames.frames import InputTransportMessageFrame
 from pipecat.processors.frameworks.rtvi import RTVIProcessor
+from pipecat.processors.frameworks.rtvi.models import MESSAGE_LABEL
 
 
 class ObjectsOnlyRTVIProcessor(RTVIProcessor):
     """``RTVIProcessor`` that refuses non-object transport messages with an RTVI ``error``."""
 
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        #: Client messages that were not RTVI (no ``rtvi-ai`` label, or not a JSON object).
+        self.ignored = 0
+
     async def _handle_transport_message(self, frame: InputTransportMessageFrame):
+        if isinstance(frame.message, dict) and frame.message.get("label") != MESSAGE_LABEL:
+            self.ignored += 1
+            logger.debug(f"{self}: ignored a message that is not RTVI")
+            return
         if not isinstance(frame.message, dict):
+            self.ignored += 1
             logger.debug(f"{self}: dropped a transport message that is not a JSON object")
             await self.send_error("Invalid RTVI transport message: not a JSON object")
             return
