@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
 from voxtral_pipeline.config import PipelineConfig, load_config
@@ -27,3 +28,22 @@ def config_from(args: argparse.Namespace | None, **overrides: Any) -> PipelineCo
         key, _, value = item.partition("=")
         values[key.strip()] = value
     return load_config(args.config, values)
+
+
+async def bot(runner_args) -> None:
+    """pipecat's runner entry point: one session on the transport the runner made (models loaded once)."""
+    from voxtral_pipeline.runner import run_bot
+
+    cli = getattr(runner_args, "cli_args", None)
+    await run_bot(runner_args, config_from(cli if cli is not None and hasattr(cli, "set") else None))
+
+
+def pipecat_runner_requested() -> bool:
+    """With ``--pipecat-runner``, run pipecat's development runner on the example's ``bot()`` and exit."""
+    if "--pipecat-runner" not in sys.argv:
+        return False
+    from pipecat.runner.run import main as pipecat_runner
+
+    sys.argv.remove("--pipecat-runner")
+    pipecat_runner(model_args(argparse.ArgumentParser(description="pipecat's runner with the Voxtral bot")))
+    return True

@@ -28,18 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import config_from, model_args  # noqa: E402
+from _common import bot, config_from, model_args, pipecat_runner_requested  # noqa: E402, F401 - bot: pipecat's runner
 
 from voxtral_pipeline.server import BotServer, SharedModels  # noqa: E402
-
-
-async def bot(runner_args) -> None:
-    """pipecat's runner entry point: one session on the transport the runner made."""
-    from voxtral_pipeline.runner import run_bot
-
-    cli = getattr(runner_args, "cli_args", None)
-    config = config_from(cli) if cli is not None and hasattr(cli, "set") else config_from(None)
-    await run_bot(runner_args, config)
 
 
 async def main() -> None:
