@@ -13,6 +13,7 @@ import asyncio
 import pytest
 import websockets
 from pipecat.frames.frames import (
+    ErrorFrame,
     InputAudioRawFrame,
     InputTransportMessageFrame,
     OutputAudioRawFrame,
@@ -24,9 +25,13 @@ from pipecat.serializers.protobuf import ProtobufFrameSerializer
 from tests.speech import needs_espeak
 from tests.transport_helpers import TOKEN, dummy_config, question_pcm, running_server
 from voxtral_pipeline.pipeline import rtvi_enabled
-from voxtral_pipeline.processors.rtvi import ObjectsOnlyRTVIProcessor
+from voxtral_pipeline.processors.rtvi import PIPELINE_ERROR, ObjectsOnlyRTVIProcessor
 
 LABEL = "rtvi-ai"
+
+
+def rtvi_errors(messages: list[dict]) -> list[str]:
+    return [m["data"]["error"] for m in messages if m["type"] == "error"]
 
 
 def _rtvi(type_: str, data=None, id_: str = "m1") -> dict:
@@ -104,8 +109,10 @@ async def test_rtvi_client_gets_bot_ready_errors_and_a_turn(server):
             await session.voice.worker.queue_frame(
                 TranscriptionFrame("hello there", "user", "2026-01-01T00:00:00Z")
             )
+            # A pipeline error: the client hears of it, not its details.
+            await session.voice.worker.queue_frame(ErrorFrame("secret detail at /srv/models"))
             for _ in range(100):
-                if any(m["type"] == "user-transcription" for m in rtvi):
+                if any(m["type"] == "user-transcription" for m in rtvi) and len(rtvi_errors(rtvi)) >= 3:
                     break
                 await asyncio.sleep(0.1)
         finally:
@@ -115,7 +122,8 @@ async def test_rtvi_client_gets_bot_ready_errors_and_a_turn(server):
     assert heard and heard[0]["text"] == "hello there" and heard[0]["final"], rtvi
     types = [m["type"] for m in rtvi]
     assert "bot-ready" in types, types
-    errors = [m["data"]["error"] for m in rtvi if m["type"] == "error"]
+    errors = rtvi_errors(rtvi)
+    assert PIPELINE_ERROR in errors and not any("secret" in e for e in errors), errors
     assert any("Invalid RTVI" in e and "type" in e for e in errors), errors  # {"type": 7}
     assert any(e.endswith("not a JSON object") for e in errors), errors  # ["a", "list"]
     assert not any("has no attribute" in e for e in errors), errors
