@@ -420,8 +420,8 @@ class ServerConfig(_Strict):
     port: int = Field(7860, ge=0, le=65535, description="Port to listen on (0 = any free port).")
     token: str | None = Field(
         None,
-        description="Shared secret: when set, /start, the WebRTC offer and candidates, /metrics and the WebSocket "
-        "need it (`Authorization: Bearer TOKEN` or `?token=TOKEN`).",
+        description="Shared secret: when set, /start, the WebRTC offer and candidates, /metrics and the "
+        "WebSocket need it (`Authorization: Bearer TOKEN` or `?token=TOKEN`).",
     )
     max_sessions: int = Field(
         4,
