@@ -11,6 +11,12 @@ Offline, with the dummy models (real architectures, random weights: they talk no
 Then open http://127.0.0.1:7860/, press Connect and allow the microphone. The page shows the bot's
 answer word by word and each turn's latency waterfall. This is what ``make run`` starts
 (``voxtral-pipeline run``); ``-t daily`` joins a Daily room instead, as in pipecat's runner.
+
+Under pipecat's own development runner (its server, its prebuilt UI at /client, Daily rooms, and
+the telephony WebSockets), the same bot through ``bot(runner_args)``; models load once per process:
+
+    python examples/browser_bot.py --pipecat-runner -t webrtc --model dummy:tiny --tts-model dummy:tiny
+    python examples/browser_bot.py --pipecat-runner -t twilio -x YOUR_PROXY_HOST
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import config_from, model_args  # noqa: E402
+from _common import bot, config_from, model_args, pipecat_runner_requested  # noqa: E402, F401 - bot: pipecat's runner
 
 from voxtral_pipeline.server import BotServer, SharedModels  # noqa: E402
 
@@ -46,6 +52,14 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    if "--pipecat-runner" in sys.argv:
+        from pipecat.runner.run import main as pipecat_runner
+
+        sys.argv.remove("--pipecat-runner")
+        pipecat_runner(
+            model_args(argparse.ArgumentParser(description="pipecat's runner with the Voxtral bot"))
+        )
+        sys.exit(0)
     try:
         asyncio.run(main())
     except KeyboardInterrupt:

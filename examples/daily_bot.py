@@ -11,6 +11,9 @@ Or let the bot create a room that expires in an hour, and print its URL:
 Add ``--model dummy:tiny --tts-model dummy:tiny`` to try it without the real models. Needs the
 ``daily`` extra (``pip install 'voxtral-pipeline[daily]'``). The CLI does the same with
 ``voxtral-pipeline run -t daily --room-url URL``.
+
+Under pipecat's development runner (``bot(runner_args)``, models loaded once per process):
+``python examples/daily_bot.py --pipecat-runner -t daily``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import config_from, model_args  # noqa: E402
+from _common import bot, config_from, model_args, pipecat_runner_requested  # noqa: E402, F401 - bot: pipecat's runner
 
 from voxtral_pipeline.config import PipelineConfig  # noqa: E402
 from voxtral_pipeline.pipeline import build_transport  # noqa: E402
@@ -60,6 +63,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    if pipecat_runner_requested():
+        sys.exit(0)
     try:
         main()
     except KeyboardInterrupt:

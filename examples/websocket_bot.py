@@ -11,6 +11,9 @@ then talk to it with the client example, which streams a WAV file and records th
 The protocol (pipecat's ``frames.proto``: ``audio`` frames both ways, 20 ms bot packets, JSON
 ``message`` frames with the bot's words and each turn's latency) is in docs/transports.md. The
 CLI does the same with ``voxtral-pipeline run -t websocket``.
+
+Under pipecat's development runner (``bot(runner_args)``, models loaded once per process):
+``python examples/websocket_bot.py --pipecat-runner -t websocket``.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import config_from, model_args  # noqa: E402
+from _common import bot, config_from, model_args, pipecat_runner_requested  # noqa: E402, F401 - bot: pipecat's runner
 
 from voxtral_pipeline.server import BotServer, SharedModels  # noqa: E402
 
@@ -49,6 +52,8 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
+    if pipecat_runner_requested():
+        sys.exit(0)
     try:
         asyncio.run(main())
     except KeyboardInterrupt:

@@ -424,8 +424,8 @@ class ServerConfig(_Strict):
     port: int = Field(7860, ge=0, le=65535, description="Port to listen on (0 = any free port).")
     token: str | None = Field(
         None,
-        description="Shared secret: when set, the WebRTC offer and the WebSocket need it (`Authorization: "
-        "Bearer TOKEN` or `?token=TOKEN`).",
+        description="Shared secret: when set, /start, the WebRTC offer and candidates, /metrics and the "
+        "WebSocket need it (`Authorization: Bearer TOKEN` or `?token=TOKEN`).",
     )
     max_sessions: int = Field(
         4,
@@ -566,6 +566,11 @@ class TransportConfig(_Strict):
     kind: Literal["webrtc", "websocket", "daily", "local", "file"] = Field(
         "webrtc",
         description="Transport to use (the CLI picks file when --input is given without --transport).",
+    )
+    rtvi: bool = Field(
+        True,
+        description="pipecat's RTVI protocol on the webrtc, websocket and daily transports (what pipecat's "
+        "client SDKs and prebuilt UI speak: bot-ready, bot text, transcripts, speaking state, metrics).",
     )
     server: ServerConfig = Field(default_factory=ServerConfig)
     webrtc: WebRTCTransportConfig = Field(default_factory=WebRTCTransportConfig)

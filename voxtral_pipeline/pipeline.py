@@ -22,6 +22,7 @@ from voxtral_pipeline.models import ModelUnavailableError
 from voxtral_pipeline.processors.chunker import WordChunker
 from voxtral_pipeline.processors.metrics import MetricsStage
 from voxtral_pipeline.processors.playback import PlaybackTracker
+from voxtral_pipeline.processors.rtvi import ObjectsOnlyRTVIProcessor
 from voxtral_pipeline.processors.turns import TurnStage
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService
 from voxtral_pipeline.processors.voxtral.stats import TurnStats
@@ -115,6 +116,15 @@ class VoicePipeline:
         return report
 
 
+#: Transports with a client on the other end that can speak RTVI.
+RTVI_TRANSPORTS = ("webrtc", "websocket", "daily")
+
+
+def rtvi_enabled(config: PipelineConfig) -> bool:
+    """Whether the worker adds pipecat's RTVI processor and observer (``transport.rtvi``, live transports)."""
+    return config.transport.rtvi and config.transport.kind in RTVI_TRANSPORTS
+
+
 #: Voxtral stage numbers added to each turn of the JSON report (fields of ``TurnStats``).
 VOXTRAL_REPORT_FIELDS = (
     "prompt_tokens",
@@ -183,7 +193,10 @@ def build_pipeline(
         observers=[metrics.observer, *(observers or [])],
         # pipecat's conversation/turn/service spans; the metrics stage adds the waterfall's.
         enable_tracing=config.metrics.tracing,
-        enable_rtvi=False,
+        # pipecat's RTVI (RTVIProcessor + RTVIObserver) for pipecat's own clients: bot-ready,
+        # bot-llm-text, speaking state, transcripts, metrics. Only live transports have a client.
+        enable_rtvi=rtvi_enabled(config),
+        rtvi_processor=ObjectsOnlyRTVIProcessor() if rtvi_enabled(config) else None,
         idle_timeout_secs=None,
         setup_timeout_secs=SETUP_TIMEOUT_SECS,
         # A stage that cannot work (a model that failed to load) leaves no session worth running.

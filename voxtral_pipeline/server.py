@@ -5,9 +5,12 @@
 pipeline built by :func:`~voxtral_pipeline.pipeline.build_pipeline` from the same config, with the
 loaded models passed in.
 
-Endpoints (``transport.kind = "webrtc"``):
-    ``GET /`` the page (``voxtral_pipeline/web/``); ``POST /api/offer`` SDP offer -> answer;
-    ``PATCH /api/offer`` trickled ICE candidates; ``GET /status``.
+Endpoints (``transport.kind = "webrtc"``), pipecat's runner conventions, so pipecat's own clients
+(``@pipecat-ai/client-js`` + ``small-webrtc-transport``, the prebuilt UI) work unchanged:
+    ``GET /`` our page (``voxtral_pipeline/web/``); ``GET /client/`` pipecat's prebuilt UI;
+    ``POST /api/offer`` SDP offer -> answer; ``PATCH /api/offer`` trickled ICE candidates;
+    ``POST /start`` -> ``{sessionId, iceConfig}`` (holds a session slot until its offer comes, at
+    most ``media_timeout_secs``); ``POST``/``PATCH /sessions/{sessionId}/api/offer``; ``GET /status``.
 Endpoints (``transport.kind = "websocket"``):
     ``WS /ws`` (``transport.websocket.path``), protocol in
     :mod:`voxtral_pipeline.transports.websocket`; ``GET /status``.
@@ -15,8 +18,9 @@ Both, with ``metrics.prometheus``: ``GET /metrics``, every session's latency his
 
 Safe defaults: bound to 127.0.0.1 (a warning is logged for any other address); every request
 passes :class:`~voxtral_pipeline.server_guard.RequestGuard` first (Host and Origin allow-lists,
-JSON-only bodies read within ``max_message_bytes``); with ``transport.server.token`` set, the offer
-and the WebSocket need ``Authorization: Bearer TOKEN`` or ``?token=TOKEN``; at most
+JSON-only bodies read within ``max_message_bytes``); with ``transport.server.token`` set, every route
+that starts or touches a session needs ``Authorization: Bearer TOKEN``, ``?token=TOKEN`` or the
+cookie a page loaded with ``?token=TOKEN`` gets; CORS answers only ``allowed_origins``; at most
 ``max_sessions`` at once (HTTP 429 for an offer, close code 1013 for a WebSocket); an offer without
 usable audio is a 400; a session must prove itself: one that has received no audio within
 ``media_timeout_secs`` of starting, or for ``audio_idle_secs``, is ended and its slot freed.
@@ -36,6 +40,7 @@ import uuid
 from collections import deque
 from dataclasses import dataclass, field, replace
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request, WebSocket
@@ -55,6 +60,11 @@ WS_CLOSE_BUSY = 1013  # "try again later"
 #: stage's ONNX models, so only the newest ended session keeps its pipeline; the others keep their
 #: id, kind and info.
 FINISHED_KEPT = 4
+#: Cookie set on a page loaded with ``?token=``, so pipecat's prebuilt UI (which cannot send our
+#: token) is authorized on ``/start`` and the offer; HttpOnly, SameSite=Strict.
+TOKEN_COOKIE = "voxtral_token"
+#: ICE candidates accepted in one PATCH (a browser trickles a handful).
+MAX_CANDIDATES = 64
 WEB_FILES = {"index.html": "text/html; charset=utf-8", "app.js": "text/javascript; charset=utf-8"}
 
 
@@ -117,6 +127,31 @@ def bind_socket(config: PipelineConfig) -> socket.socket:
     return sock
 
 
+def parse_candidates(raw: Any) -> list:
+    """A PATCH body's ``candidates`` as pipecat ``IceCandidate`` objects.
+
+    pipecat's ``SmallWebRTCRequestHandler`` reads attributes: plain dicts raise ``AttributeError``.
+
+    Raises:
+        ValueError: not a list of ``{candidate: str, sdp_mid: str|null, sdp_mline_index: int}``.
+    """
+    from pipecat.transports.smallwebrtc.request_handler import IceCandidate
+
+    if not isinstance(raw, list) or len(raw) > MAX_CANDIDATES:
+        raise ValueError(f"candidates must be a list of at most {MAX_CANDIDATES}")
+    out = []
+    for c in raw:
+        if not isinstance(c, dict):
+            raise ValueError("a candidate must be an object")
+        candidate, mid, index = c.get("candidate"), c.get("sdp_mid"), c.get("sdp_mline_index")
+        if not isinstance(candidate, str) or not (mid is None or isinstance(mid, str)):
+            raise ValueError("candidate and sdp_mid must be strings")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            raise ValueError("sdp_mline_index must be a non-negative integer")
+        out.append(IceCandidate(candidate=candidate, sdp_mid=mid, sdp_mline_index=index))
+    return out
+
+
 class AudioArrival(BaseObserver):
     """When a session's pipeline started and its input audio last arrived.
 
@@ -172,6 +207,10 @@ class BotServer:
         # does not keep every ended pipeline alive.
         self.finished: deque[Session] = deque(maxlen=FINISHED_KEPT)
         self._reserved = 0
+        #: ``POST /start`` ids waiting for their offer (id -> monotonic time); each holds a slot.
+        self.starts: dict[str, float] = {}
+        #: ``/start`` ids whose offer came -> their session (peer connection) id.
+        self.started: dict[str, str] = {}
         self._server = None
         self._serve_task: asyncio.Task | None = None
         self._webrtc = None
@@ -189,17 +228,29 @@ class BotServer:
 
     @property
     def active_sessions(self) -> int:
-        return len(self.sessions) + self._reserved
+        self._expire_starts()
+        return len(self.sessions) + self._reserved + len(self.starts)
 
-    def _authorized(self, headers, query) -> bool:
+    def _expire_starts(self) -> None:
+        """Free the slots of ``/start`` ids whose offer never came within ``media_timeout_secs``."""
+        deadline = time.monotonic() - self.config.transport.server.media_timeout_secs
+        for start_id, at in list(self.starts.items()):
+            if at < deadline:
+                del self.starts[start_id]
+                logger.info(f"start {start_id}: no offer came; its slot is free")
+
+    def _authorized(self, headers, query, cookies=None) -> bool:
         token = self.config.transport.server.token
         if not token:
             return True
-        given = query.get("token") or ""
+        given = query.get("token") or (cookies or {}).get(TOKEN_COOKIE) or ""
         auth = headers.get("authorization", "")
         if auth.lower().startswith("bearer "):
             given = auth[7:].strip()
         return hmac.compare_digest(given.encode(), token.encode())
+
+    def _request_authorized(self, request: Request) -> bool:
+        return self._authorized(request.headers, request.query_params, request.cookies)
 
     def _busy_message(self) -> str:
         n = self.config.transport.server.max_sessions
@@ -236,6 +287,8 @@ class BotServer:
         finally:
             watch.cancel()
             self.sessions.pop(session.id, None)
+            for start_id in [k for k, v in self.started.items() if v == session.id]:
+                del self.started[start_id]
             if self.finished:  # only the newest ended session keeps its pipeline (a copy without it)
                 self.finished[-1] = replace(self.finished[-1], voice=None)
             self.finished.append(session)
@@ -271,6 +324,19 @@ class BotServer:
 
         if self.config.metrics.prometheus:
             self._add_metrics_route(app)
+        origins = self.config.transport.server.allowed_origins
+        if origins:
+            # The guard has already refused any other Origin; this answers preflights and adds the
+            # headers a page on an allowed origin needs to read the answers.
+            from starlette.middleware.cors import CORSMiddleware
+
+            app.add_middleware(
+                CORSMiddleware,
+                allow_origins=["*"] if "*" in origins else origins,
+                allow_methods=["GET", "POST", "PATCH", "OPTIONS"],
+                allow_headers=["Authorization", "Content-Type"],
+                max_age=600,
+            )
         if kind == "webrtc":
             self._add_webrtc_routes(app)
         elif kind == "websocket":
@@ -287,7 +353,7 @@ class BotServer:
 
         @app.get("/metrics")
         async def metrics(request: Request):
-            if not self._authorized(request.headers, request.query_params):
+            if not self._request_authorized(request):
                 return JSONResponse({"error": "invalid or missing token"}, status_code=401)
             return Response(histograms.render(), media_type=CONTENT_TYPE)
 
@@ -334,9 +400,8 @@ class BotServer:
                 logger.warning("webrtc: dropped a malformed offer request")
                 return JSONResponse({"error": "malformed request: expected a JSON object"}, status_code=400)
 
-        @app.post("/api/offer")
-        async def offer(request: Request):
-            if not self._authorized(request.headers, request.query_params):
+        async def handle_offer(request: Request, start_id: str | None = None):
+            if not self._request_authorized(request):
                 return JSONResponse({"error": "invalid or missing token"}, status_code=401)
             data = await read_json(request)
             if isinstance(data, JSONResponse):
@@ -350,14 +415,29 @@ class BotServer:
                 logger.info(f"webrtc: refused an offer: {problem}")
                 return JSONResponse({"error": f"unusable offer: {problem}"}, status_code=400)
             renegotiation = bool(data.get("pc_id")) and data["pc_id"] in self.sessions
-            if not renegotiation and self.active_sessions >= self.config.transport.server.max_sessions:
+            if start_id is not None and renegotiation and self.started.get(start_id) != data["pc_id"]:
+                return JSONResponse({"error": "pc_id is not this session's"}, status_code=400)
+            # A /start id brings the slot it holds; a plain offer needs a free one.
+            from_start = not renegotiation and self.starts.pop(start_id or "", None) is not None
+            if start_id is not None and not renegotiation and not from_start:
+                return JSONResponse({"error": "no such session (POST /start first)"}, status_code=404)
+            if (
+                not renegotiation
+                and not from_start
+                and self.active_sessions >= self.config.transport.server.max_sessions
+            ):
                 logger.info("webrtc: refused a session, at the limit")
                 return JSONResponse({"error": self._busy_message()}, status_code=429)
             if not renegotiation:
                 data.pop("pc_id", None)
                 self._reserved += 1
             try:
-                req = SmallWebRTCRequest(sdp=data["sdp"], type="offer", pc_id=data.get("pc_id"))
+                req = SmallWebRTCRequest(
+                    sdp=data["sdp"],
+                    type="offer",
+                    pc_id=data.get("pc_id"),
+                    restart_pc=data.get("restart_pc") is True,
+                )
 
                 async def on_connection(connection):
                     self._start_webrtc_session(connection, build_webrtc_transport)
@@ -369,22 +449,27 @@ class BotServer:
             finally:
                 if not renegotiation:
                     self._reserved -= 1
+            if start_id is not None and isinstance(answer, dict) and answer.get("pc_id"):
+                self.started[start_id] = answer["pc_id"]
             return answer
 
-        @app.patch("/api/offer")
-        async def ice_candidates(request: Request):
-            if not self._authorized(request.headers, request.query_params):
+        async def handle_candidates(request: Request, start_id: str | None = None):
+            if not self._request_authorized(request):
                 return JSONResponse({"error": "invalid or missing token"}, status_code=401)
             data = await read_json(request)
             if isinstance(data, JSONResponse):
                 return data
+            pc_id = data.get("pc_id")
             try:
-                patch = SmallWebRTCPatchRequest(**data)
-                if not isinstance(patch.pc_id, str) or not isinstance(patch.candidates, list):
-                    raise TypeError("pc_id and candidates")
-            except Exception:
-                return JSONResponse({"error": "malformed ICE candidate request"}, status_code=400)
-            if patch.pc_id not in self.sessions:
+                if not isinstance(pc_id, str):
+                    raise ValueError("pc_id must be a string")
+                patch = SmallWebRTCPatchRequest(
+                    pc_id=pc_id, candidates=parse_candidates(data.get("candidates"))
+                )
+            except ValueError as e:
+                return JSONResponse({"error": f"malformed ICE candidate request: {e}"}, status_code=400)
+            known = pc_id in self.sessions and (start_id is None or self.started.get(start_id) == pc_id)
+            if not known:
                 return JSONResponse({"error": "no such session"}, status_code=404)
             try:
                 await handler.handle_patch_request(patch)
@@ -392,6 +477,77 @@ class BotServer:
                 logger.info(f"webrtc: dropped ICE candidates: {e}")
                 return JSONResponse({"error": "malformed ICE candidate request"}, status_code=400)
             return {"status": "success"}
+
+        @app.post("/api/offer")
+        async def offer(request: Request):
+            return await handle_offer(request)
+
+        @app.patch("/api/offer")
+        async def ice_candidates(request: Request):
+            return await handle_candidates(request)
+
+        @app.post("/start")
+        async def start(request: Request):
+            """pipecat's runner convention: a session id (holding a slot) and the ICE servers."""
+            if not self._request_authorized(request):
+                return JSONResponse({"error": "invalid or missing token"}, status_code=401)
+            data = await read_json(request) if (await request.body()).strip() else {}
+            if isinstance(data, JSONResponse):
+                return data
+            transport = data.get("transport", "webrtc")
+            if transport != "webrtc":
+                return JSONResponse({"error": f"this bot serves webrtc, not {transport!r}"}, status_code=400)
+            if self.active_sessions >= self.config.transport.server.max_sessions:
+                logger.info("webrtc: refused a /start, at the limit")
+                return JSONResponse({"error": self._busy_message()}, status_code=429)
+            start_id = str(uuid.uuid4())
+            self.starts[start_id] = time.monotonic()
+            servers = [{"urls": [url]} for url in self.config.transport.webrtc.ice_servers]
+            return {"sessionId": start_id, "iceConfig": {"iceServers": servers}}
+
+        @app.post("/sessions/{start_id}/api/offer")
+        async def session_offer(start_id: str, request: Request):
+            return await handle_offer(request, start_id)
+
+        @app.patch("/sessions/{start_id}/api/offer")
+        async def session_candidates(start_id: str, request: Request):
+            return await handle_candidates(request, start_id)
+
+        self._add_prebuilt_ui(app)
+
+    def _add_prebuilt_ui(self, app: FastAPI) -> None:
+        """pipecat's prebuilt UI (``pipecat-ai-prebuilt``) at ``/client/``, as pipecat's runner serves it.
+
+        It calls ``/start`` without our token: loaded as ``/client/?token=TOKEN`` it gets the token
+        in an HttpOnly, SameSite=Strict cookie that ``/start`` and the offer accept.
+        """
+        try:
+            import contextlib
+            import io
+
+            with contextlib.redirect_stdout(io.StringIO()):  # it prints where it looked for its files
+                from pipecat_ai_prebuilt.frontend import PipecatPrebuiltUI
+        except Exception as e:  # not installed: our page still works
+            logger.debug(f"pipecat's prebuilt UI is not available: {e}")
+            return
+        from fastapi.responses import RedirectResponse
+
+        index = Path(PipecatPrebuiltUI.directory) / "index.html"
+
+        @app.get("/client")
+        async def client_redirect(request: Request):
+            query = f"?{request.url.query}" if request.url.query else ""
+            return RedirectResponse(url=f"/client/{query}")
+
+        @app.get("/client/")
+        async def client_index(request: Request):
+            response = HTMLResponse(index.read_bytes())
+            token = request.query_params.get("token")
+            if token and self._authorized({}, {"token": token}):
+                response.set_cookie(TOKEN_COOKIE, token, httponly=True, samesite="strict", path="/")
+            return response
+
+        app.mount("/client", PipecatPrebuiltUI)
 
     def _start_webrtc_session(self, connection, build_transport) -> None:
         transport = build_transport(self.config, connection)

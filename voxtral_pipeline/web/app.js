@@ -6,9 +6,12 @@
   const $ = (id) => document.getElementById(id);
   const LABELS = [["end_of_turn", "end of turn"], ["ttft", "first token"], ["first_chunk", "first chunk"],
                   ["first_audio", "first audio"], ["voice_to_voice", "voice to voice"]];
-  const state = { state: "idle", events: 0, botText: "", turns: [], error: null };
+  const state = { state: "idle", events: 0, botText: "", turns: [], error: null, interrupted: 0, userText: [], rtvi: {} };
   window.voxtral = state;  // for tests and the curious
   let pc = null, dc = null, stream = null, ping = null, bot = null, meterTimer = null;
+  // The bot is answering from its first token until it stops speaking: only then can the user
+  // cut it off (the server says "interruption" whenever the user starts speaking).
+  let generating = false, speaking = false, user = null, heard = null;
 
   function setState(s, text) {
     state.state = s;
@@ -75,22 +78,49 @@
     }
   }
 
+  function showUserWords(text) {
+    // The user's transcript (RTVI user-transcription) replaces the "spoke for" note of its turn.
+    if (user && !user.dataset.heard) {
+      user.lastChild.textContent = text;
+      user.dataset.heard = "1";
+    } else {
+      heard = text;  // its turn's bubble comes next
+    }
+    state.userText.push(text);
+  }
+
+  function onRTVI(m) {
+    // pipecat's RTVI messages (label "rtvi-ai"); our own events carry the rest.
+    state.rtvi[m.type] = (state.rtvi[m.type] || 0) + 1;
+    if (m.type === "user-transcription" && m.data && m.data.final && m.data.text) showUserWords(m.data.text);
+  }
+
   function onEvent(m) {
     state.events += 1;
     switch (m.type) {
       case "user-turn":
-        add("user", "You", "spoke for " + m.duration_s.toFixed(1) + " s (Voxtral hears the audio itself)");
+        user = add("user", "You", heard || "spoke for " + m.duration_s.toFixed(1) + " s (Voxtral hears the audio itself)");
+        if (heard) user.dataset.heard = "1";
+        heard = null;
         bot = null;
         break;
-      case "bot-response-start": botBubble(); break;
+      case "bot-response-start": generating = true; botBubble(); break;
+      case "bot-response-end": generating = false; break;
       case "bot-text":
         state.botText += m.text;
         botBubble().appendChild(document.createTextNode(m.text));
         $("conversation").scrollTop = 1e9;
         break;
-      case "bot-started-speaking": if (bot) bot.classList.add("speaking"); break;
-      case "bot-stopped-speaking": if (bot) bot.classList.remove("speaking"); break;
-      case "interruption": if (bot) { bot.classList.add("interrupted"); bot.classList.remove("speaking"); } break;
+      case "bot-started-speaking": speaking = true; if (bot) bot.classList.add("speaking"); break;
+      case "bot-stopped-speaking": speaking = false; if (bot) bot.classList.remove("speaking"); break;
+      case "interruption":
+        if (bot && (generating || speaking)) {
+          bot.classList.add("interrupted");
+          state.interrupted += 1;
+        }
+        if (bot) bot.classList.remove("speaking");
+        generating = speaking = false;
+        break;
       case "turn-metrics": showTurn(m); break;
       default: break;
     }
@@ -121,11 +151,17 @@
       for (const track of stream.getAudioTracks()) pc.addTransceiver(track, { direction: "sendrecv", streams: [stream] });
       pc.ontrack = (e) => { $("bot-audio").srcObject = e.streams[0] || new MediaStream([e.track]); };
       dc = pc.createDataChannel("events", { ordered: true });
-      dc.onopen = () => { ping = setInterval(() => dc.readyState === "open" && dc.send("ping"), 1000); };
+      dc.onopen = () => {
+        // An RTVI client too: the bot answers bot-ready, then sends pipecat's RTVI messages.
+        dc.send(JSON.stringify({ label: "rtvi-ai", type: "client-ready", id: "voxtral-page",
+          data: { version: "2.2.0", about: { library: "voxtral-pipeline page" } } }));
+        ping = setInterval(() => dc.readyState === "open" && dc.send("ping"), 1000);
+      };
       dc.onmessage = (e) => {
         let m;
         try { m = JSON.parse(e.data); } catch (err) { return; }
-        if (m && typeof m.type === "string") onEvent(m);
+        if (!m || typeof m.type !== "string") return;
+        if (m.label === "rtvi-ai") onRTVI(m); else onEvent(m);
       };
       pc.onconnectionstatechange = () => {
         const s = pc && pc.connectionState;
