@@ -47,7 +47,7 @@ from loguru import logger
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine import machine_info  # noqa: E402
-from tests.speech import speak, write_wav  # noqa: E402
+from voxtral_pipeline.testing.speech import speak, write_wav  # noqa: E402
 from voxtral_pipeline.config import PipelineConfig, TurnConfig, load_config  # noqa: E402
 from voxtral_pipeline.processors.metrics import percentiles  # noqa: E402
 

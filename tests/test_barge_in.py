@@ -13,7 +13,7 @@ from pipecat.frames.frames import (
 )
 from pipecat.tests.utils import SleepFrame, run_test
 
-from tests.speech import needs_espeak, speak, write_wav
+from voxtral_pipeline.testing.speech import needs_espeak, speak, write_wav
 from tests.voxtral_fixtures import (  # noqa: F401  (tiny_bundle_fixture: the tiny_bundle fixture)
     StageHarness,
     count,

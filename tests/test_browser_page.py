@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import websockets
 
-from tests.speech import ESPEAK, needs_espeak, speak, write_wav
+from voxtral_pipeline.testing.speech import ESPEAK, needs_espeak, speak, write_wav
 from tests.transport_helpers import TOKEN, dummy_config, running_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")

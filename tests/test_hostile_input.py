@@ -16,7 +16,7 @@ import pytest
 from pipecat.frames.frames import LLMFullResponseEndFrame, TranscriptionFrame
 
 from tests.reliability_helpers import WSClient, poll, rss_mb
-from tests.speech import needs_espeak, speak, write_wav
+from voxtral_pipeline.testing.speech import needs_espeak, speak, write_wav
 from tests.transport_helpers import dummy_config, question_pcm, running_server
 from tests.voxtral_fixtures import StageHarness, count, tiny_bundle_fixture  # noqa: F401
 from voxtral_pipeline.audio import float_to_pcm16, pcm16_to_float

@@ -16,7 +16,7 @@ import asyncio
 
 from pipecat.frames.frames import LLMFullResponseEndFrame, LLMTextFrame
 
-from tests.speech import needs_espeak
+from voxtral_pipeline.testing.speech import needs_espeak
 from tests.voxtral_fixtures import (  # noqa: F401
     GenerateSpy,
     StageHarness,

@@ -30,7 +30,7 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 
 from tests.reliability_helpers import Snapshot, WSClient, poll, session_threads
-from tests.speech import needs_espeak
+from voxtral_pipeline.testing.speech import needs_espeak
 from tests.transport_helpers import dummy_config, importable, question_pcm, running_server, shared_models
 from tests.vllm_protocol_server import VLLMProtocolServer
 from tests.voxtral_fixtures import (  # noqa: F401

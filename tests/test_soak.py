@@ -22,7 +22,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from tests.reliability_helpers import WAIT_S, Snapshot, WSClient, poll, session_threads
-from tests.speech import needs_espeak, speak
+from voxtral_pipeline.testing.speech import needs_espeak, speak
 from tests.transport_helpers import dummy_config, question_pcm, running_server, shared_models
 from tests.voxtral_fixtures import tiny_bundle_fixture  # noqa: F401
 from voxtral_pipeline.audio import float_to_pcm16

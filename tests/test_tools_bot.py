@@ -13,7 +13,7 @@ import numpy as np
 import soundfile as sf
 from pipecat.frames.frames import EndTaskFrame
 
-from tests.speech import conversation, needs_espeak, speak, write_wav
+from voxtral_pipeline.testing.speech import conversation, needs_espeak, speak, write_wav
 from tests.voxtral_fixtures import ForcedGeneration, tiny_ids, tiny_tool_call
 from voxtral_pipeline.models.tekken import EOS_TOKEN_ID
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.speech import write_wav
+from voxtral_pipeline.testing.speech import write_wav
 from tests.transport_helpers import dummy_config, importable, shared_models
 from voxtral_pipeline.config import TRANSPORT_KINDS, ConfigError, load_config
 from voxtral_pipeline.pipeline import build_transport

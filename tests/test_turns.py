@@ -4,7 +4,7 @@ import numpy as np
 from pipecat.frames.frames import InputAudioRawFrame, UserStartedSpeakingFrame, UserStoppedSpeakingFrame
 from pipecat.tests.utils import SleepFrame, run_test
 
-from tests.speech import conversation, needs_espeak
+from voxtral_pipeline.testing.speech import conversation, needs_espeak
 from voxtral_pipeline.audio import float_to_pcm16
 from voxtral_pipeline.config import TurnConfig
 from voxtral_pipeline.frames import UserUtteranceFrame
@@ -100,7 +100,7 @@ def _silence(secs: float) -> np.ndarray:
 
 def _spoken(*parts: str | float) -> np.ndarray:
     """Phrases (str) and silences (float seconds), in order, with 0.5 s of silence before."""
-    from tests.speech import speak
+    from voxtral_pipeline.testing.speech import speak
 
     out = [_silence(0.5)]
     for part in parts:

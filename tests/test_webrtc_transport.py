@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
-from tests.speech import needs_espeak
+from voxtral_pipeline.testing.speech import needs_espeak
 from tests.transport_helpers import TOKEN, dummy_config, question_pcm, running_server
 
 RATE = 16000

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from tests.speech import speak
+from voxtral_pipeline.testing.speech import speak
 from voxtral_pipeline.audio import float_to_pcm16
 from voxtral_pipeline.config import PipelineConfig, load_config
 
