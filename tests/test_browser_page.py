@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 import websockets
 
-from voxtral_pipeline.testing.speech import ESPEAK, needs_espeak, speak, write_wav
 from tests.transport_helpers import TOKEN, dummy_config, running_server
+from voxtral_pipeline.testing.speech import ESPEAK, needs_espeak, speak, write_wav
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 needs_chromium = pytest.mark.skipif(

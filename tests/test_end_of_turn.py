@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pipecat.clocks.system_clock import SystemClock
 from pipecat.frames.frames import (
     InputAudioRawFrame,
     MetricsFrame,
@@ -18,7 +19,9 @@ from pipecat.frames.frames import (
     VADUserStoppedSpeakingFrame,
 )
 from pipecat.metrics.metrics import TurnMetricsData
+from pipecat.processors.frame_processor import FrameProcessorSetup
 from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.utils.asyncio.task_manager import TaskManager
 
 from voxtral_pipeline.audio import float_to_pcm16
 from voxtral_pipeline.config import EndOfTurnConfig, TurnConfig
@@ -90,6 +93,9 @@ async def _drive(curve, script, schedule=SCHEDULE, fallback=1.6):
     strategy.add_event_handler("on_evaluated", on_evaluated)
     strategy.add_event_handler("on_user_turn_stopped", on_stopped)
     strategy.add_event_handler("on_push_frame", on_push)
+    await strategy.setup(
+        FrameProcessorSetup(clock=SystemClock(), task_manager=TaskManager(), pipeline_worker=None)
+    )
     await strategy.handle_user_turn_started()
     heard = [0.0]  # seconds of silence streamed since the VAD stop (the VAD stop counts its stop_secs)
     for frame in script:
@@ -101,6 +107,8 @@ async def _drive(curve, script, schedule=SCHEDULE, fallback=1.6):
             heard[0] += 0.02
         analyzer.silence = heard[0]
         await strategy.process_frame(frame)
+        if strategy.verdict_task is not None:  # computed off the frame path: wait for it here
+            await strategy.verdict_task
         if stopped:
             break
     return evaluated, stopped, metrics
@@ -154,6 +162,31 @@ async def test_resuming_speech_restarts_the_schedule():
     evaluated, stopped, _ = await _drive(curve, script)
     assert [e[0] for e in evaluated] == [0.2, 0.3, 0.2, 0.3, 0.4]
     assert stopped == [0.4]
+
+
+async def test_a_verdict_that_comes_back_after_the_user_resumed_is_dropped():
+    analyzer = ScriptedAnalyzer(lambda s: 0.99)
+    strategy = ReevaluatingSmartTurnStopStrategy(turn_analyzer=analyzer, schedule=SCHEDULE, fallback_secs=2.0)
+    await strategy.setup(
+        FrameProcessorSetup(clock=SystemClock(), task_manager=TaskManager(), pipeline_worker=None)
+    )
+    evaluated, stopped = [], []
+
+    async def on_evaluated(_s, silence, probability, ended):
+        evaluated.append(ended)
+
+    async def on_stopped(_s, _params):
+        stopped.append(True)
+
+    strategy.add_event_handler("on_evaluated", on_evaluated)
+    strategy.add_event_handler("on_user_turn_stopped", on_stopped)
+    await strategy.handle_user_turn_started()
+    await strategy.process_frame(VADUserStoppedSpeakingFrame(stop_secs=0.2))
+    task = strategy.verdict_task
+    assert task is not None  # launched at the VAD stop, not awaited on the frame path
+    await strategy.process_frame(VADUserStartedSpeakingFrame(start_secs=0.2))  # the user goes on
+    await task
+    assert evaluated == [False] and stopped == []
 
 
 async def test_points_passed_during_a_slow_verdict_collapse_into_the_latest():

@@ -13,9 +13,9 @@ import numpy as np
 import soundfile as sf
 from pipecat.frames.frames import EndTaskFrame
 
-from voxtral_pipeline.testing.speech import conversation, needs_espeak, speak, write_wav
 from tests.voxtral_fixtures import ForcedGeneration, tiny_ids, tiny_tool_call
 from voxtral_pipeline.models.tekken import EOS_TOKEN_ID
+from voxtral_pipeline.testing.speech import conversation, needs_espeak, speak, write_wav
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tools_bot.py"
 END_INST = 4  # [/INST]: a new user turn

@@ -4,11 +4,11 @@ import numpy as np
 from pipecat.frames.frames import InputAudioRawFrame, UserStartedSpeakingFrame, UserStoppedSpeakingFrame
 from pipecat.tests.utils import SleepFrame, run_test
 
-from voxtral_pipeline.testing.speech import conversation, needs_espeak
 from voxtral_pipeline.audio import float_to_pcm16
 from voxtral_pipeline.config import TurnConfig
 from voxtral_pipeline.frames import UserUtteranceFrame
 from voxtral_pipeline.processors.turns import TurnStage, UtteranceCollector
+from voxtral_pipeline.testing.speech import conversation, needs_espeak
 
 RATE = 16000
 FRAME = 320  # 20 ms

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 
-from voxtral_pipeline.testing.speech import needs_espeak
 from tests.transport_helpers import TOKEN, dummy_config, question_pcm, running_server
+from voxtral_pipeline.testing.speech import needs_espeak
 
 RATE = 16000
 STEP = RATE // 50  # 20 ms

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -104,6 +105,21 @@ class TurnVADAnalyzer(SileroVADAnalyzer):
         self._bot_speaking = False
         self._levels: deque[float] = deque(maxlen=300)  # the user's loud windows (~10 s)
         self._smoothed = 0.0
+        self._recent: deque[float] = deque(maxlen=3)  # Silero's last scores (~100 ms)
+
+    def voice_confidence(self, buffer) -> float:
+        confidence = super().voice_confidence(buffer)
+        self._recent.append(float(np.asarray(confidence).reshape(-1)[0]))
+        return confidence
+
+    @property
+    def hears_voice(self) -> bool:
+        """Silero heard voice in the last ~100 ms, whether or not a start has been declared yet.
+
+        After a long pause the loudness smoothing delays the VAD's start by up to ~0.4 s; the stop
+        strategy must not take that stretch of resumed speech for silence.
+        """
+        return bool(self._recent) and max(self._recent) >= 0.5
 
     @property
     def bot_speaking(self) -> bool:
@@ -339,8 +355,10 @@ class ReevaluatingSmartTurnStopStrategy(BaseUserTurnStopStrategy):
     natural voice went to the fallback (issue 15: end of turn p50 1.8 s, p95 3.2 s). Here Smart Turn
     is asked again at each point of ``schedule`` (seconds of silence since the real end of speech,
     as the VAD estimates it, and the probability needed there), and a turn still open after
-    ``fallback_secs`` of silence ends anyway. Silence is counted in streamed audio; the model runs
-    in the analyzer's thread, inline like pipecat's (the audio waits meanwhile, then catches up).
+    ``fallback_secs`` of silence ends anyway. Silence is counted in streamed audio. The model runs
+    in the analyzer's thread off the frame path (pipecat's awaits it inline: with verdicts every
+    100 ms and inference at 100-300 ms on a loaded CPU, the audio backed up behind it); a verdict
+    that comes back after the user spoke again is dropped.
 
     Each verdict goes out as pipecat's ``TurnMetricsData`` ``MetricsFrame``. Event handler
     ``on_evaluated(strategy, silence_secs, probability, ended)`` for benchmarks and tests.
@@ -352,9 +370,11 @@ class ReevaluatingSmartTurnStopStrategy(BaseUserTurnStopStrategy):
         turn_analyzer: AudioClockSmartTurn,
         schedule: list[tuple[float, float]],
         fallback_secs: float,
+        voice_guard: Callable[[], bool] | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        self._voice_guard = voice_guard  # true while the user may be resuming (TurnVADAnalyzer.hears_voice)
         if not schedule:
             raise ValueError("the end-of-turn schedule needs at least one (silence, probability) point")
         self._analyzer = turn_analyzer
@@ -364,11 +384,18 @@ class ReevaluatingSmartTurnStopStrategy(BaseUserTurnStopStrategy):
         self._speaking = False
         self._silence: float | None = None  # seconds since the VAD's end of speech, None while speaking
         self._next = 0  # index in the schedule of the next check
+        self._epoch = 0  # bumped whenever a verdict in flight goes stale (speech, turn boundary)
+        self._verdict_task: asyncio.Task | None = None
         self._register_event_handler("on_evaluated", sync=True)
 
     @property
     def turn_analyzer(self) -> AudioClockSmartTurn:
         return self._analyzer
+
+    @property
+    def verdict_task(self) -> asyncio.Task | None:
+        """The Smart Turn verdict being computed, if any (benchmarks wait on it)."""
+        return self._verdict_task
 
     async def setup(self, setup: FrameProcessorSetup):
         await super().setup(setup)
@@ -376,13 +403,18 @@ class ReevaluatingSmartTurnStopStrategy(BaseUserTurnStopStrategy):
 
     async def cleanup(self):
         await super().cleanup()
+        if self._verdict_task is not None:
+            await self.task_manager.cancel_task(self._verdict_task)
+            self._verdict_task = None
         await self._analyzer.cleanup()
 
     async def handle_user_turn_started(self):
         self._active, self._silence, self._next = True, None, 0
+        self._epoch += 1
 
     async def handle_user_turn_stopped(self):
         self._active, self._silence = False, None
+        self._epoch += 1
         self._analyzer.clear()
 
     async def process_frame(self, frame: Frame) -> ProcessFrameResult:
@@ -396,6 +428,7 @@ class ReevaluatingSmartTurnStopStrategy(BaseUserTurnStopStrategy):
         elif isinstance(frame, VADUserStartedSpeakingFrame):
             self._analyzer.update_vad_start_secs(frame.start_secs)
             self._speaking, self._silence = True, None
+            self._epoch += 1
         elif isinstance(frame, VADUserStoppedSpeakingFrame):
             self._speaking = False
             self._silence, self._next = frame.stop_secs, 0
@@ -407,22 +440,39 @@ class ReevaluatingSmartTurnStopStrategy(BaseUserTurnStopStrategy):
             return
         silence = self._silence
         if silence >= self._fallback_secs:
+            if self._resuming():
+                return  # voice, not yet a VAD start: wait for the VAD to say which
+            self._epoch += 1  # a verdict still in flight is moot
             await self._end(silence, None)
             return
+        if self._verdict_task is not None:
+            return  # points passed meanwhile are taken up when it is done: the latest counts
         due = None
         while self._next < len(self._schedule) and self._schedule[self._next][0] <= silence + 1e-6:
-            due = self._schedule[self._next][1]  # points passed while a verdict ran: the latest counts
+            due = self._schedule[self._next][1]
             self._next += 1
-        if due is None:
-            return
-        result = await self._analyzer.predict()
+        if due is not None:
+            self._verdict_task = self.task_manager.create_task(
+                self._verdict(due, silence, self._epoch), f"{self}::verdict"
+            )
+
+    async def _verdict(self, bar: float, silence: float, epoch: int):
+        """Smart Turn on the audio so far, off the frame path (audio keeps flowing meanwhile)."""
+        try:
+            result = await self._analyzer.predict()
+        finally:
+            self._verdict_task = None
         if result is None:
             return
         await self.push_frame(MetricsFrame(data=[result]))
-        ended = result.probability >= due and self._silence is not None
+        current = epoch == self._epoch and self._active and self._silence is not None
+        ended = current and result.probability >= bar and not self._resuming()
         await self._call_event_handler("on_evaluated", silence, result.probability, ended)
         if ended:
             await self._end(silence, result.probability)
+
+    def _resuming(self) -> bool:
+        return self._voice_guard is not None and self._voice_guard()
 
     async def _end(self, silence: float, probability: float | None):
         why = "silence fallback" if probability is None else f"Smart Turn p={probability:.2f}"
@@ -653,6 +703,7 @@ def build_turn_strategies(
     config: TurnConfig,
     turn_analyzer: LocalSmartTurnAnalyzerV3 | None = None,
     vad: TurnVADAnalyzer | None = None,
+    voice_guard: Callable[[], bool] | None = None,
 ) -> TurnStrategies:
     """Start and stop strategies for ``config``; ``turn_analyzer`` reuses a loaded Smart Turn
     (an :class:`AudioClockSmartTurn`, for the reevaluating strategy)."""
@@ -668,8 +719,13 @@ def build_turn_strategies(
     elif eot.strategy == "reevaluate":
         if not isinstance(turn_analyzer, AudioClockSmartTurn):
             turn_analyzer = AudioClockSmartTurn(context_pause_secs=eot.context_pause_secs)
+        if voice_guard is None and vad is not None:
+            voice_guard = lambda: vad.hears_voice  # noqa: E731
         stop = ReevaluatingSmartTurnStopStrategy(
-            turn_analyzer=turn_analyzer, schedule=eot.schedule, fallback_secs=config.max_silence_secs
+            turn_analyzer=turn_analyzer,
+            schedule=eot.schedule,
+            fallback_secs=config.max_silence_secs,
+            voice_guard=voice_guard,
         )
     else:
         # pipecat's own: Smart Turn once at the VAD stop, its silence fallback after "incomplete".
