@@ -160,8 +160,9 @@ async def test_max_silence_ends_a_turn_smart_turn_judged_incomplete():
     down, _ = await run_test(TurnStage(config), frames_to_send=_realtime_frames(audio))
     assert _verdicts(down) and not any(_verdicts(down))  # never judged complete...
     (utterance,) = _of(down, UserUtteranceFrame)  # ...yet the silence ended the turn
-    # Silence is counted in streamed audio, so the forced end comes at least max_silence_secs later.
-    assert utterance.turn_end_time - utterance.vad_stop_time >= 0.9
+    # Silence is counted in streamed audio from the VAD's end of speech (its stop minus stop_secs),
+    # so the forced end comes at least max_silence_secs after it.
+    assert utterance.turn_end_time - utterance.speech_end_time >= 0.9
     assert len(_of(down, UserStoppedSpeakingFrame)) == 1
 
 
