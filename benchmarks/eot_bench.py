@@ -340,6 +340,196 @@ def families(quick: bool) -> dict[str, list[tuple[str, TurnConfig]]]:
     }
 
 
+# --- Barge-in: the user talks over the bot ---------------------------------------------------------
+
+#: The bot's answer, heard back through the user's microphone (no echo cancellation) at -10 dB.
+BOT_ANSWER = "Paris is the capital of France. It is famous for the Eiffel Tower, its museums and its cafes."
+ECHO_DB = -10.0
+#: One 20 ms output frame: the output transport plays the frame it is writing to its end (tested in
+#: tests/test_barge_in.py), so the last bot sample is heard at most this long after the interruption.
+OUTPUT_FRAME_SECS = 0.02
+
+
+def _bot_voice(engine: str) -> np.ndarray:
+    from voxtral_pipeline.testing.eot_corpus import _Renderers
+
+    voice, speed = ("en-us", 170.0) if engine == "espeak" else ("jf_alpha", 1.0)
+    x = _Renderers().render(engine, voice, speed, BOT_ANSWER)
+    return (x * 10 ** (ECHO_DB / 20)).astype(np.float32)
+
+
+async def barge_in_run(
+    config: TurnConfig,
+    warmup: np.ndarray,
+    bot: np.ndarray,
+    user: np.ndarray | None,
+    user_at: float,
+    stock: bool = False,
+) -> float | None:
+    """A user turn (``warmup``), then the bot speaks (``bot``: its echo) and the user's audio starts
+    ``user_at`` s in (``user``: its speech onset is at ``user_at``). Returns when, from that onset, a
+    turn started while the bot spoke (virtual clock), or None if none did."""
+    from pipecat.audio.vad.vad_analyzer import VADState
+    from pipecat.clocks.system_clock import SystemClock
+    from pipecat.frames.frames import (
+        BotStartedSpeakingFrame,
+        InputAudioRawFrame,
+        VADUserStartedSpeakingFrame,
+        VADUserStoppedSpeakingFrame,
+    )
+    from pipecat.processors.frame_processor import FrameProcessorSetup
+    from pipecat.turns.user_turn_controller import UserTurnController
+    from pipecat.utils.asyncio.task_manager import TaskManager
+
+    from voxtral_pipeline.processors.turns import build_turn_strategies, build_vad
+
+    vad = build_vad(config)
+    vad.set_sample_rate(RATE)
+    built = build_turn_strategies(config, vad=None if stock else vad)
+    controller = UserTurnController(
+        user_turn_strategies=built.strategies, user_turn_stop_timeout=built.stop_timeout_secs
+    )
+    await controller.setup(
+        FrameProcessorSetup(clock=SystemClock(), task_manager=TaskManager(), pipeline_worker=None)
+    )
+    starts: list[float] = []
+    now = [0.0]
+
+    @controller.event_handler("on_user_turn_started")
+    async def _started(_c, _strategy, _params):
+        starts.append(now[0])
+
+    mixed = bot.copy()
+    if user is not None:
+        n = min(len(user), len(mixed) - int(user_at * RATE))
+        mixed[int(user_at * RATE) : int(user_at * RATE) + n] += user[:n]
+    audio = np.concatenate([warmup, mixed])
+    pcm = float_to_pcm16(audio)
+    bot_from = len(warmup) / RATE
+    state, clock, in_bot = VADState.QUIET, 0.0, False
+    v = config.vad
+    for i in range(0, len(pcm), FRAME * 2):
+        arrived = (i // 2 + FRAME) / RATE
+        frames: list[Any] = []
+        if not in_bot and arrived > bot_from:
+            in_bot = True
+            frames.append(BotStartedSpeakingFrame())
+            starts.clear()
+        t0 = time.perf_counter()
+        for f in frames:
+            await controller.process_frame(f)
+        chunk = pcm[i : i + FRAME * 2].ljust(FRAME * 2, b"\x00")
+        new = await vad.analyze_audio(chunk)
+        frames = [InputAudioRawFrame(audio=chunk, sample_rate=RATE, num_channels=1)]
+        if new != state and new in (VADState.SPEAKING, VADState.QUIET):
+            state = new
+            if new == VADState.SPEAKING:
+                frames.append(
+                    VADUserStartedSpeakingFrame(start_secs=vad.params.start_secs, timestamp=time.time())
+                )
+            else:
+                frames.append(VADUserStoppedSpeakingFrame(stop_secs=v.stop_secs, timestamp=time.time()))
+        clock = max(clock, arrived)
+        now[0] = clock
+        for f in frames:
+            await controller.process_frame(f)
+        clock += time.perf_counter() - t0
+        if in_bot and starts:
+            break
+    await controller.cleanup()
+    if not (in_bot and starts):
+        return None
+    return starts[0] - (bot_from + user_at)
+
+
+async def run_barge_in(
+    corpus: list[Utterance], configs: list[tuple[str, TurnConfig, bool, bool]]
+) -> list[dict]:
+    """Per config: onset to the bot's last sample heard (p50/p95) over the corpus's utterances
+    spoken over the bot, and the false interruptions from its echo alone, noise and "mm-hm"."""
+    from voxtral_pipeline.testing.eot_corpus import _Renderers
+
+    engines = sorted({u.engine for u in corpus})
+    echoes = {e: _bot_voice(e) for e in engines}
+    warmups = {e: next(u for u in corpus if u.engine == e and u.kind == "question").audio() for e in engines}
+    rng = np.random.default_rng(0)
+    noise = (rng.standard_normal(int(0.8 * RATE)) * 0.1).astype(np.float32)
+    renderer = _Renderers()
+    backchannels = [
+        (e, renderer.render(e, *(("en-us", 165.0) if e == "espeak" else ("jm_kumo", 1.0)), text))
+        for e in engines
+        for text in ("Mm-hm.", "Uh-huh.")
+    ]
+    rows = []
+    for name, config, stock, with_echo in configs:
+        bots = {e: (echo if with_echo else np.zeros_like(echo)) for e, echo in echoes.items()}
+        stops, missed = [], 0
+        for u in corpus:
+            x = u.audio()
+            speech = x[int((u.start - 0.05) * RATE) :]  # from just before its onset
+            t = await barge_in_run(config, warmups[u.engine], bots[u.engine], speech, 1.0, stock)
+            if t is None:
+                missed += 1
+            else:
+                stops.append(round((t - 0.05 + OUTPUT_FRAME_SECS) * 1000, 1))  # from the onset itself
+        echo_false = sum(
+            [await barge_in_run(config, warmups[e], bots[e], None, 0.0, stock) is not None for e in engines]
+        )
+        noise_false = sum(
+            [await barge_in_run(config, warmups[e], bots[e], noise, 1.0, stock) is not None for e in engines]
+        )
+        bc = [
+            await barge_in_run(config, warmups[e], bots[e], b, 1.0, stock) is not None
+            for e, b in backchannels
+        ]
+        rows.append(
+            {
+                "config": name,
+                "settings": config.model_dump(mode="json", include={"vad", "interruptions"}),
+                "barge_ins": len(corpus),
+                "echo_db": ECHO_DB if with_echo else None,
+                "stop_ms": percentiles([x for x in stops if x >= 0]),
+                # A turn started before the user spoke: the bot's echo interrupted it.
+                "interrupted_before_onset": sum(x < 0 for x in stops),
+                "not_interrupted": missed,
+                "echo_false_interruptions": f"{echo_false}/{len(engines)}",
+                "noise_false_interruptions": f"{noise_false}/{len(engines)}",
+                "backchannel_interruptions": f"{sum(bc)}/{len(bc)}",
+            }
+        )
+        logger.info(f"barge-in {name}: {rows[-1]['stop_ms']}")
+    return rows
+
+
+def barge_table(rows: list[dict]) -> str:
+    lines = [
+        f"{'barge-in':<44} {'n':>4} {'stop p50':>9} {'stop p95':>9} {'missed':>6} {'early':>5} {'echo':>5} "
+        f"{'noise':>5} {'mm-hm':>6}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['config']:<44} {r['barge_ins']:>4} {r['stop_ms'].get('p50') or 0:>9.0f} "
+            f"{r['stop_ms'].get('p95') or 0:>9.0f} {r['not_interrupted']:>6} "
+            f"{r['interrupted_before_onset']:>5} "
+            f"{r['echo_false_interruptions']:>5} {r['noise_false_interruptions']:>5} "
+            f"{r['backchannel_interruptions']:>6}"
+        )
+    return "\n".join(lines)
+
+
+def barge_configs() -> list[tuple[str, TurnConfig, bool, bool]]:
+    """(name, config, stock, echo): ``stock`` leaves the VAD as pipecat's (never told the bot
+    speaks); ``echo`` plays the bot's voice into the microphone at -10 dB (else perfect echo
+    cancellation: the stock VAD cannot tell the echo from the user, it would interrupt itself)."""
+    return [
+        ("onset 100 ms + echo gate (default), echo", TurnConfig(), False, True),
+        ("onset 100 ms + echo gate (default), no echo", TurnConfig(), False, False),
+        ("stock Silero start 0.2 s (before), no echo", TurnConfig(), True, False),
+        ("stock Silero start 0.2 s (before), echo", TurnConfig(), True, True),
+        ("default + min_speech 1000 ms, echo", _turns(interruptions__min_speech_ms=1000), False, True),
+    ]
+
+
 # --- Output -------------------------------------------------------------------------------------------
 
 
@@ -398,7 +588,7 @@ async def main_async(args: argparse.Namespace) -> int:
         corpus = corpus[::3]
     t0 = time.perf_counter()
     curves: dict[str, list[dict]] = {}
-    for family, configs in families(args.quick).items():
+    for family, configs in ({} if args.barge_in_only else families(args.quick)).items():
         for name, config in configs:
             t1 = time.perf_counter()
             row = await run_config(name, config, corpus)
@@ -407,12 +597,16 @@ async def main_async(args: argparse.Namespace) -> int:
             _save_predictions()
             logger.info(f"{name}: {time.perf_counter() - t1:.0f} s")
     rows = [r for rs in curves.values() for r in rs]
+    barge_rows = [] if args.no_barge_in else await run_barge_in(corpus, barge_configs())
     mk = makeup(corpus)
     print(
         f"\neot_bench: {mk['utterances']} utterances {mk['by_engine']}, {mk['pauses']} pauses; "
         f"Silero VAD + Smart Turn v3.2 on CPU, virtual real-time clock ({time.perf_counter() - t0:.0f} s)"
     )
     print(table(rows))
+    if barge_rows:
+        print("\nbarge-in: speech onset to the last bot sample heard (+1 output frame); false interruptions")
+        print(barge_table(barge_rows))
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     report = {
         "benchmark": "eot_bench",
@@ -429,6 +623,7 @@ async def main_async(args: argparse.Namespace) -> int:
         },
         "smart_turn_inference_ms": percentiles([v[1] * 1000 for v in _PREDICTIONS.values()]),
         "results": rows,
+        "barge_in": barge_rows,
     }
     if not args.no_save:
         RESULTS.mkdir(parents=True, exist_ok=True)
@@ -446,6 +641,8 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="a third of the corpus, headline configs only")
     p.add_argument("--engines", default=None, help="espeak,kokoro (default: every available one)")
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("--no-barge-in", action="store_true", help="skip the barge-in runs")
+    p.add_argument("--barge-in-only", action="store_true", help="skip the end-of-turn runs")
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args()
     logger.remove()
