@@ -630,10 +630,10 @@ async def main_async(args: argparse.Namespace) -> int:
         RESULTS.mkdir(parents=True, exist_ok=True)
         path = RESULTS / f"eot_bench-{stamp}.json"
         path.write_text(json.dumps(report, indent=1) + "\n")
-        plot(
-            curves, path.with_suffix(".png"), f"eot_bench: {mk['utterances']} utterances, cut-off vs dead air"
-        )
-        print(f"\nwrote {path} and {path.with_suffix('.png').name}")
+        if curves:
+            title = f"eot_bench: {mk['utterances']} utterances, cut-off vs dead air"
+            plot(curves, path.with_suffix(".png"), title)
+        print(f"\nwrote {path}" + (f" and {path.with_suffix('.png').name}" if curves else ""))
     return 0
 
 
