@@ -105,7 +105,7 @@ class TurnVADAnalyzer(SileroVADAnalyzer):
         self._bot_speaking = False
         self._levels: deque[float] = deque(maxlen=300)  # the user's loud windows (~10 s)
         self._smoothed = 0.0
-        self._recent: deque[float] = deque(maxlen=3)  # Silero's last scores (~100 ms)
+        self._recent: deque[float] = deque(maxlen=2)  # Silero's last scores (~64 ms)
 
     def voice_confidence(self, buffer) -> float:
         confidence = super().voice_confidence(buffer)
@@ -114,12 +114,14 @@ class TurnVADAnalyzer(SileroVADAnalyzer):
 
     @property
     def hears_voice(self) -> bool:
-        """Silero heard voice in the last ~100 ms, whether or not a start has been declared yet.
+        """Silero scored voice (at the VAD's own confidence) in the last ~64 ms, whether or not a
+        start has been declared yet.
 
         After a long pause the loudness smoothing delays the VAD's start by up to ~0.4 s; the stop
-        strategy must not take that stretch of resumed speech for silence.
+        strategy must not take that stretch of resumed speech for silence. (At the VAD stop itself
+        this is false: the stop needs ``stop_secs`` of windows under the confidence.)
         """
-        return bool(self._recent) and max(self._recent) >= 0.5
+        return bool(self._recent) and max(self._recent) >= self._normal_params.confidence
 
     @property
     def bot_speaking(self) -> bool:
