@@ -82,14 +82,14 @@ class InterruptionConfig(_Strict):
 #: Default end-of-turn schedule: (seconds of silence, Smart Turn probability that ends the turn
 #: there). Chosen on the end-of-turn corpus (benchmarks/eot_bench.py, docs/turns.md).
 DEFAULT_EOT_SCHEDULE: tuple[tuple[float, float], ...] = (
-    (0.2, 0.5),
-    (0.3, 0.98),
-    (0.4, 0.98),
-    (0.5, 0.98),
-    (0.6, 0.98),
-    (0.8, 0.98),
-    (1.0, 0.98),
-    (1.3, 0.98),
+    (0.2, 0.7),
+    (0.3, 0.995),
+    (0.4, 0.995),
+    (0.5, 0.995),
+    (0.6, 0.995),
+    (0.8, 0.995),
+    (1.0, 0.995),
+    (1.3, 0.995),
 )
 
 
