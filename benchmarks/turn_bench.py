@@ -47,9 +47,9 @@ from loguru import logger
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.machine import machine_info  # noqa: E402
-from tests.speech import speak, write_wav  # noqa: E402
 from voxtral_pipeline.config import PipelineConfig, TurnConfig, load_config  # noqa: E402
 from voxtral_pipeline.processors.metrics import percentiles  # noqa: E402
+from voxtral_pipeline.testing.speech import speak, write_wav  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RATE = 16000
@@ -290,25 +290,27 @@ async def main_async(args: argparse.Namespace) -> int:
 
     script = SCRIPT[:6] if args.quick else SCRIPT
     models = await asyncio.to_thread(SharedModels.load, _config(Path("x.wav"), {}, 8))
+    pipecat = {"end_of_turn.strategy": "once", "max_silence_secs": 3.0}
     turn_configs = [
-        ("vad0.2+smart_turn (baseline)", {"speculative": False}),
-        ("vad0.2+smart_turn+speculative", {"speculative": True}),
-        ("vad0.1+smart_turn", {"vad.stop_secs": 0.1, "speculative": False}),
-        ("vad0.1+smart_turn+speculative", {"vad.stop_secs": 0.1, "speculative": True}),
+        ("pipecat default (Smart Turn once, 3 s)", {**pipecat, "speculative": False}),
+        ("pipecat default + speculative", {**pipecat, "speculative": True}),
+        ("reevaluate (default)", {"speculative": False}),
+        ("reevaluate + speculative (default)", {"speculative": True}),
     ]
     # Barge-in runs with the defaults (speculative start included) but for the knob named.
     barge_configs = [
-        ("vad start 0.2 (default)", {}),
-        ("vad start 0.2, min_speech 400ms", {"interruptions.min_speech_ms": 400}),
-        ("vad start 0.1", {"vad.start_secs": 0.1}),
-        ("vad start 0.1, min_volume 0.4", {"vad.start_secs": 0.1, "vad.min_volume": 0.4}),
+        ("onset 100 ms, echo gate (default)", {}),
+        ("onset 200 ms (= vad start, before)", {"interruptions.onset_ms": 200}),
+        ("onset 100 ms, min_speech 400ms", {"interruptions.min_speech_ms": 400}),
     ]
     if args.quick:
-        turn_configs, barge_configs = turn_configs[:2], barge_configs[:1]
-    audio, utterances = build_script(script, args.gap_secs)
+        turn_configs, barge_configs = turn_configs[::2], barge_configs[:2]
+    if args.barge_in_only:
+        turn_configs = []
+    audio, utterances = build_script(script, args.gap_secs) if turn_configs else (None, [])
     turn_rows, barge_rows = [], []
     with tempfile.TemporaryDirectory() as d:
-        wav = write_wav(Path(d) / "turns.wav", audio)
+        wav = write_wav(Path(d) / "turns.wav", audio) if turn_configs else None
         for name, turns in turn_configs:
             t0 = time.perf_counter()
             turn_rows.append(await bench_turns(name, turns, wav, utterances, models))
@@ -351,6 +353,7 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="the first 6 utterances only")
     p.add_argument("--gap-secs", type=float, default=5.0, help="silence after each utterance")
     p.add_argument("--no-barge-in", action="store_true")
+    p.add_argument("--barge-in-only", action="store_true", help="skip the end-of-turn runs")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--verbose", action="store_true", help="print every utterance's numbers")
     p.add_argument("--log-level", default="WARNING")

@@ -13,7 +13,6 @@ from pipecat.frames.frames import (
 )
 from pipecat.tests.utils import SleepFrame, run_test
 
-from tests.speech import needs_espeak, speak, write_wav
 from tests.voxtral_fixtures import (  # noqa: F401  (tiny_bundle_fixture: the tiny_bundle fixture)
     StageHarness,
     count,
@@ -24,6 +23,7 @@ from voxtral_pipeline.config import VoxtralConfig, load_config
 from voxtral_pipeline.frames import BotAudioStoppedFrame, BotSpokenTextFrame
 from voxtral_pipeline.processors.playback import PlaybackTracker
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService
+from voxtral_pipeline.testing.speech import needs_espeak, speak, write_wav
 
 RATE = 16000
 

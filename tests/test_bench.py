@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from tests.speech import conversation, needs_espeak, write_wav
 from voxtral_pipeline.bench import BenchError, compare, default_input, flatten_figures, load_result
 from voxtral_pipeline.cli import main
+from voxtral_pipeline.testing.speech import conversation, needs_espeak, write_wav
 
 
 def _result(**figures: float) -> dict:

@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from pipecat.frames.frames import TranscriptionFrame
 
-from tests.speech import needs_espeak, speak, write_wav
 from tests.transport_helpers import TOKEN, dummy_config, running_server
 from voxtral_pipeline.testing.browser import CHROMIUM, chromium_page
+from voxtral_pipeline.testing.speech import needs_espeak, speak, write_wav
 
 needs_chromium = pytest.mark.skipif(
     CHROMIUM is None, reason="chromium is not installed (apt-get install chromium; make test does it as root)"

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.speech import ESPEAK, conversation, needs_espeak, write_wav
+from voxtral_pipeline.testing.speech import ESPEAK, conversation, needs_espeak, write_wav
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -164,7 +164,7 @@ def test_uncached_hub_model_is_one_clear_sentence_and_no_session(tmp_path, three
 
 @needs_espeak
 def test_odd_rate_stereo_float_input_just_works(tmp_path):
-    from tests.speech import speak
+    from voxtral_pipeline.testing.speech import speak
 
     voice = speak("What time is it?", rate=44100)
     pad = np.zeros(int(0.5 * 44100), np.float32)

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from tests.speech import needs_espeak, speak, write_wav
 from voxtral_pipeline.cli import main
+from voxtral_pipeline.testing.speech import needs_espeak, speak, write_wav
 from voxtral_pipeline.transports.file import OutputPathError, atomic_write, check_file_paths
 
 DUMMY = ["--model", "dummy:tiny", "--tts-model", "dummy:tiny", "--set", "voxtral.max_new_tokens=8"]

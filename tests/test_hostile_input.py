@@ -17,13 +17,13 @@ import pytest
 from pipecat.frames.frames import LLMFullResponseEndFrame, TranscriptionFrame
 
 from tests.reliability_helpers import WSClient, poll, rss_mb
-from tests.speech import needs_espeak, speak, write_wav
 from tests.transport_helpers import dummy_config, question_pcm, running_server
 from tests.voxtral_fixtures import StageHarness, count, tiny_bundle_fixture  # noqa: F401
 from voxtral_pipeline.audio import float_to_pcm16, pcm16_to_float
 from voxtral_pipeline.config import ConfigError, VoxtralConfig, load_config
 from voxtral_pipeline.frames import UserUtteranceFrame
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService
+from voxtral_pipeline.testing.speech import needs_espeak, speak, write_wav
 from voxtral_pipeline.transports.file import read_input_audio
 
 MAX_BYTES = 65536

@@ -3,10 +3,10 @@
 import pytest
 from pipecat.observers.user_bot_latency_observer import LatencyBreakdown, UserBotLatencyObserver
 
-from tests.speech import conversation, needs_espeak, write_wav
 from voxtral_pipeline.config import load_config
 from voxtral_pipeline.pipeline import build_pipeline
 from voxtral_pipeline.processors.metrics import LATENCY_FIELDS, STAGE_FIELDS
+from voxtral_pipeline.testing.speech import conversation, needs_espeak, write_wav
 
 
 @needs_espeak

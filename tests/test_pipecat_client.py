@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.speech import needs_espeak, speak, write_wav
 from tests.transport_helpers import TOKEN, dummy_config, running_server
 from voxtral_pipeline.testing.browser import CHROMIUM, chromium_page, static_server
+from voxtral_pipeline.testing.speech import needs_espeak, speak, write_wav
 
 JS = Path(__file__).parent / "js"
 BUNDLE = JS / "build" / "pipecat-client.js"

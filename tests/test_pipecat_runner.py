@@ -20,10 +20,10 @@ import aiohttp
 import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from tests.speech import needs_espeak
 from tests.transport_helpers import DUMMY_OVERRIDES, dummy_config, question_pcm
 from voxtral_pipeline.runner import session_config, shared_models
 from voxtral_pipeline.testing.peer import SpeechTrack
+from voxtral_pipeline.testing.speech import needs_espeak
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -16,7 +16,6 @@ import asyncio
 
 from pipecat.frames.frames import LLMFullResponseEndFrame, LLMTextFrame
 
-from tests.speech import needs_espeak
 from tests.voxtral_fixtures import (  # noqa: F401
     GenerateSpy,
     StageHarness,
@@ -27,6 +26,7 @@ from tests.voxtral_fixtures import (  # noqa: F401
 )
 from voxtral_pipeline.config import VoxtralConfig
 from voxtral_pipeline.processors.voxtral import VoxtralEngine, VoxtralLLMService
+from voxtral_pipeline.testing.speech import needs_espeak
 
 QUANTUM = 8
 LONG = 40

@@ -30,7 +30,6 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.pipeline import Pipeline
 
 from tests.reliability_helpers import Snapshot, WSClient, poll, session_threads
-from tests.speech import needs_espeak
 from tests.transport_helpers import dummy_config, importable, question_pcm, running_server, shared_models
 from tests.vllm_protocol_server import VLLMProtocolServer
 from tests.voxtral_fixtures import (  # noqa: F401
@@ -49,6 +48,7 @@ from voxtral_pipeline.models.voxtral import ConversationTurn, audio_content_part
 from voxtral_pipeline.processors.chunker import WordChunker
 from voxtral_pipeline.processors.kokoro import KokoroTTSService
 from voxtral_pipeline.processors.voxtral import VoxtralEngine, VoxtralLLMService
+from voxtral_pipeline.testing.speech import needs_espeak
 
 pytest_plugins = ["tests.kokoro_fixtures"]  # fixtures: kokoro_tiny
 

@@ -22,10 +22,10 @@ from pipecat.frames.frames import (
 )
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 
-from tests.speech import needs_espeak
 from tests.transport_helpers import TOKEN, dummy_config, question_pcm, running_server
 from voxtral_pipeline.pipeline import rtvi_enabled
 from voxtral_pipeline.processors.rtvi import PIPELINE_ERROR, ObjectsOnlyRTVIProcessor
+from voxtral_pipeline.testing.speech import needs_espeak
 
 LABEL = "rtvi-ai"
 

@@ -22,7 +22,6 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
 from tests.reliability_helpers import WAIT_S, Snapshot, WSClient, poll, session_threads
-from tests.speech import needs_espeak, speak
 from tests.transport_helpers import dummy_config, question_pcm, running_server, shared_models
 from tests.voxtral_fixtures import tiny_bundle_fixture  # noqa: F401
 from voxtral_pipeline.audio import float_to_pcm16
@@ -31,6 +30,7 @@ from voxtral_pipeline.frames import UserUtteranceFrame
 from voxtral_pipeline.processors.chunker import WordChunker
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService
 from voxtral_pipeline.server import FINISHED_KEPT
+from voxtral_pipeline.testing.speech import needs_espeak, speak
 
 TURNS = int(__import__("os").environ.get("SOAK_TURNS", 300))
 WARM_UP_TURNS = min(50, TURNS // 2)

@@ -12,9 +12,9 @@ import numpy as np
 import soundfile as sf
 from pipecat.frames.frames import EndTaskFrame
 
-from tests.speech import conversation, needs_espeak, speak, write_wav
 from tests.voxtral_fixtures import ForcedGeneration, tiny_ids, tiny_tool_call
 from voxtral_pipeline.models.tekken import EOS_TOKEN_ID
+from voxtral_pipeline.testing.speech import conversation, needs_espeak, speak, write_wav
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "tools_bot.py"
 END_INST = 4  # [/INST]: a new user turn
@@ -86,8 +86,7 @@ async def test_order_lookup_then_end_call_ends_the_session_after_the_goodbye(tmp
     assert voice.fatal_error is None
     stats = voice.voxtral.turn_stats
     brief = [
-        (s.audio_secs, s.dropped, s.interrupted, s.speech_end_time - stats[0].speech_end_time)
-        for s in stats
+        (s.audio_secs, s.dropped, s.interrupted, s.speech_end_time - stats[0].speech_end_time) for s in stats
     ]
     assert len(stats) == 1 and len(ended_by) == 1, brief  # the second question was never heard
     turn = stats[0]

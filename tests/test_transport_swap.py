@@ -12,13 +12,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from tests.speech import write_wav
 from tests.transport_helpers import dummy_config, importable, shared_models
 from voxtral_pipeline.config import TRANSPORT_KINDS, ConfigError, load_config
 from voxtral_pipeline.pipeline import build_transport
 from voxtral_pipeline.processors.kokoro import KokoroTTSService
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService
 from voxtral_pipeline.server import build_session
+from voxtral_pipeline.testing.speech import write_wav
 from voxtral_pipeline.transports.local import AudioDevice
 
 FAKE_DEVICES = [

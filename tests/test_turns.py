@@ -4,11 +4,11 @@ import numpy as np
 from pipecat.frames.frames import InputAudioRawFrame, UserStartedSpeakingFrame, UserStoppedSpeakingFrame
 from pipecat.tests.utils import SleepFrame, run_test
 
-from tests.speech import conversation, needs_espeak
 from voxtral_pipeline.audio import float_to_pcm16
 from voxtral_pipeline.config import TurnConfig
 from voxtral_pipeline.frames import UserUtteranceFrame
 from voxtral_pipeline.processors.turns import TurnStage, UtteranceCollector
+from voxtral_pipeline.testing.speech import conversation, needs_espeak
 
 RATE = 16000
 FRAME = 320  # 20 ms
@@ -100,7 +100,7 @@ def _silence(secs: float) -> np.ndarray:
 
 def _spoken(*parts: str | float) -> np.ndarray:
     """Phrases (str) and silences (float seconds), in order, with 0.5 s of silence before."""
-    from tests.speech import speak
+    from voxtral_pipeline.testing.speech import speak
 
     out = [_silence(0.5)]
     for part in parts:
@@ -160,8 +160,9 @@ async def test_max_silence_ends_a_turn_smart_turn_judged_incomplete():
     down, _ = await run_test(TurnStage(config), frames_to_send=_realtime_frames(audio))
     assert _verdicts(down) and not any(_verdicts(down))  # never judged complete...
     (utterance,) = _of(down, UserUtteranceFrame)  # ...yet the silence ended the turn
-    # Silence is counted in streamed audio, so the forced end comes at least max_silence_secs later.
-    assert utterance.turn_end_time - utterance.vad_stop_time >= 0.9
+    # Silence is counted in streamed audio from the VAD's end of speech (its stop minus stop_secs),
+    # so the forced end comes at least max_silence_secs after it.
+    assert utterance.turn_end_time - utterance.speech_end_time >= 0.9
     assert len(_of(down, UserStoppedSpeakingFrame)) == 1
 
 

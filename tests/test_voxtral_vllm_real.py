@@ -24,9 +24,9 @@ from aiohttp import ClientSession, web
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.frames.frames import ErrorFrame, LLMFullResponseEndFrame, LLMTextFrame
 
-from tests.speech import conversation, needs_espeak, write_wav
 from tests.voxtral_fixtures import StageHarness, count, make_utterance, wait_until
 from voxtral_pipeline.config import load_config
+from voxtral_pipeline.testing.speech import conversation, needs_espeak, write_wav
 from voxtral_pipeline.testing.vllm_server import VLLMServer, VLLMUnavailableError, vllm_python
 
 pytestmark = pytest.mark.skipif(

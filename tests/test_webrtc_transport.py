@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from aiortc import RTCPeerConnection, RTCSessionDescription
 
-from tests.speech import needs_espeak
 from tests.transport_helpers import TOKEN, dummy_config, question_pcm, running_server
 from voxtral_pipeline.testing.peer import SpeechTrack
+from voxtral_pipeline.testing.speech import needs_espeak
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ import websockets
 from pipecat.frames.frames import InputAudioRawFrame, InputTransportMessageFrame, OutputAudioRawFrame
 from pipecat.serializers.protobuf import ProtobufFrameSerializer
 
-from tests.speech import needs_espeak
 from tests.transport_helpers import TOKEN, dummy_config, question_pcm, running_server
 from voxtral_pipeline.server import WS_CLOSE_BAD_TOKEN, WS_CLOSE_BUSY
+from voxtral_pipeline.testing.speech import needs_espeak
 
 MAX_BYTES = 65536
 

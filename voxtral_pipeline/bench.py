@@ -64,7 +64,8 @@ class NoSpeechError(BenchError):
 
 
 #: What the packaged conversation says: espeak-ng at 160 wpm, 0.5 s of silence first and 10 s between
-#: the questions (``tests.speech.conversation(BENCH_QUESTIONS, gap_secs=10.0)``), 16 kHz FLAC, 64 s.
+#: the questions (``voxtral_pipeline.testing.speech.conversation(BENCH_QUESTIONS, gap_secs=10.0)``),
+#: 16 kHz FLAC, 64 s.
 BENCH_QUESTIONS = (
     "What is the capital of France?",
     "How many legs does a spider have?",

@@ -60,8 +60,73 @@ class InterruptionConfig(_Strict):
         ge=0,
         le=5000,
         description="Speech needed, from its onset, before it interrupts the bot; shorter sounds (a cough, "
-        "'mm-hm') are ignored while the bot speaks. At or below vad.start_secs the VAD start interrupts.",
+        "'mm-hm') are ignored while the bot speaks. At or below onset_ms the VAD start interrupts.",
     )
+    onset_ms: int = Field(
+        100,
+        ge=20,
+        le=2000,
+        description="While the bot speaks, the VAD declares the user's start after this much speech (not "
+        "vad.start_secs), so barge-in is quick.",
+    )
+    echo_margin_db: float = Field(
+        4.0,
+        ge=0.0,
+        le=60.0,
+        description="While the bot speaks, speech must be no more than this far below the user's own voice "
+        "level (learned from their turns) to count: the bot's voice leaking back into the microphone is "
+        "quieter and does not interrupt. 60 turns the gate off.",
+    )
+
+
+#: Default end-of-turn schedule: (seconds of silence, Smart Turn probability that ends the turn
+#: there). Chosen on the end-of-turn corpus (benchmarks/eot_bench.py, docs/turns.md).
+DEFAULT_EOT_SCHEDULE: tuple[tuple[float, float], ...] = (
+    (0.2, 0.7),
+    (0.3, 0.995),
+    (0.4, 0.995),
+    (0.5, 0.995),
+    (0.6, 0.995),
+    (0.8, 0.995),
+    (1.0, 0.995),
+    (1.3, 0.995),
+)
+
+
+class EndOfTurnConfig(_Strict):
+    """How Smart Turn's verdicts end a turn (see docs/turns.md, "End of turn")."""
+
+    strategy: Literal["reevaluate", "once"] = Field(
+        "reevaluate",
+        description="reevaluate: ask Smart Turn again as the silence grows and end the turn when its "
+        "probability clears the schedule's bar; once: pipecat's default, ask once at the VAD stop and on "
+        "'incomplete' wait turns.max_silence_secs.",
+    )
+    schedule: list[tuple[float, float]] = Field(
+        default_factory=lambda: [tuple(p) for p in DEFAULT_EOT_SCHEDULE],
+        min_length=1,
+        max_length=50,
+        description="reevaluate: (seconds of silence, probability) points; at each, Smart Turn is asked "
+        "again and a probability at or above the bar ends the turn.",
+    )
+    context_pause_secs: float | None = Field(
+        0.3,
+        ge=0.0,
+        le=10.0,
+        description="reevaluate: after a pause this long inside the turn, Smart Turn judges the speech "
+        "that follows on its own (it hears 'fragment, silence, rest' as unfinished too often); "
+        "null: always the whole turn.",
+    )
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> EndOfTurnConfig:
+        for secs, prob in self.schedule:
+            if not (0.0 < secs <= 30.0 and 0.0 <= prob <= 1.0):
+                raise ValueError(
+                    f"end_of_turn.schedule point ({secs}, {prob}): silence must be in (0, 30] s and "
+                    "probability in [0, 1]"
+                )
+        return self
 
 
 class TurnConfig(_Strict):
@@ -72,8 +137,12 @@ class TurnConfig(_Strict):
         True, description="Use Smart Turn v3 to confirm the end of a turn; if false the VAD stop ends it."
     )
     max_silence_secs: float = Field(
-        3.0, gt=0.0, le=30.0, description="Silence that ends a turn Smart Turn judged incomplete."
+        1.8,
+        gt=0.0,
+        le=30.0,
+        description="Silence that ends a turn whatever Smart Turn says (pipecat's default: 3 s).",
     )
+    end_of_turn: EndOfTurnConfig = Field(default_factory=EndOfTurnConfig)
     pre_roll_ms: int = Field(300, ge=0, le=2000, description="Audio kept from before the VAD start.")
     min_utterance_ms: int = Field(
         150,
