@@ -40,13 +40,11 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.machine import machine_info  # noqa: E402
-from voxtral_pipeline.audio import float_to_pcm16  # noqa: E402
-from voxtral_pipeline.config import TurnConfig  # noqa: E402
-from voxtral_pipeline.processors.metrics import percentiles  # noqa: E402
-from voxtral_pipeline.testing.eot_corpus import Utterance, cache_root, load_corpus, makeup  # noqa: E402
+from voxtral_pipeline.audio import float_to_pcm16
+from voxtral_pipeline.config import TurnConfig
+from voxtral_pipeline.machine import machine_info
+from voxtral_pipeline.processors.metrics import percentiles
+from voxtral_pipeline.testing.eot_corpus import Utterance, cache_root, load_corpus, makeup
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RATE = 16000

@@ -42,9 +42,7 @@ from pipecat.pipeline.worker import PipelineParams, PipelineWorker
 from pipecat.processors.frame_processor import FrameDirection, FrameProcessor
 from pipecat.workers.runner import WorkerRunner
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.machine import machine_info  # noqa: E402
+from voxtral_pipeline.machine import machine_info
 
 RESULTS = Path(__file__).resolve().parent / "results"
 STAGES = 6  # turns, Voxtral, chunker, Kokoro, metrics, playback

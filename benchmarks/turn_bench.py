@@ -44,12 +44,10 @@ from typing import Any
 import numpy as np
 from loguru import logger
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.machine import machine_info  # noqa: E402
-from voxtral_pipeline.config import PipelineConfig, TurnConfig, load_config  # noqa: E402
-from voxtral_pipeline.processors.metrics import percentiles  # noqa: E402
-from voxtral_pipeline.testing.speech import speak, write_wav  # noqa: E402
+from voxtral_pipeline.config import PipelineConfig, TurnConfig, load_config
+from voxtral_pipeline.machine import machine_info
+from voxtral_pipeline.processors.metrics import percentiles
+from voxtral_pipeline.testing.speech import speak, write_wav
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RATE = 16000

@@ -135,7 +135,7 @@ async def test_barge_in_silences_the_bot_within_a_frame_and_is_reported(tmp_path
     # The context holds what the listener heard of the first answer (whole sentences, played to
     # their end), not everything that was generated.
     answer = voxtral.history[1]
-    sent = voxtral.turn_stats[0]["text"]
+    sent = voxtral.turn_stats[0].text
     assert answer.role == "assistant" and len(answer.text) < len(sent)
     assert "".join(sent.split()).startswith("".join(answer.text.split()))
 

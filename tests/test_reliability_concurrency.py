@@ -78,8 +78,8 @@ async def test_a_second_session_is_answered_within_one_quantum_of_a_long_answer(
     assert order.index("b") < order.index("a-end")
     assert order[: order.index("b")].count("a") <= QUANTUM + 1
     sa, sb = a.turn_stats[0], b.turn_stats[0]
-    assert sa["preemptions"] >= 1 and sa["generate_calls"] == sa["preemptions"] + 1
-    assert sb["completion_tokens"] >= 4 and not sb["error"]
+    assert sa.preemptions >= 1 and sa.generate_calls == sa.preemptions + 1
+    assert sb.completion_tokens >= 4 and not sb.error
     # Yielding and resuming from the KV cache changed nothing in A's answer.
     from voxtral_pipeline.engine import EngineRequest
 
@@ -90,7 +90,7 @@ async def test_a_second_session_is_answered_within_one_quantum_of_a_long_answer(
         ).result(60)
     finally:
         alone.close()
-    assert sa["text"] == reference.text
+    assert sa.text == reference.text
 
 
 @needs_espeak
@@ -136,4 +136,4 @@ async def test_websocket_and_webrtc_sessions_in_one_process_share_one_engine():
     assert [s.voice.tts.bundle for s in sessions] == [models.kokoro, models.kokoro]
     for session in sessions:
         stats = session.voice.voxtral.turn_stats
-        assert stats and stats[0]["completion_tokens"] > 0 and not stats[0]["error"]
+        assert stats and stats[0].completion_tokens > 0 and not stats[0].error

@@ -168,7 +168,7 @@ async def test_model_failure_and_oom_mid_answer_are_apologized_for_and_the_next_
         assert any(isinstance(f, TTSAudioRawFrame) for f in _after(h.down, apology))
     stats = service.turn_stats
     assert [bool(s.error) for s in stats] == [True, True, False]
-    assert stats[2]["completion_tokens"] > 0 and stats[2]["text"]
+    assert stats[2].completion_tokens > 0 and stats[2].text
     # The apology is not the model's: the next prompt holds what the model itself said.
     assert all(language("en").apology not in t.text for t in service.history if t.role == "assistant")
 

@@ -63,7 +63,7 @@ async def test_streams_each_chunk_with_the_body_vllm_expects(tiny_bundle):
     assert len(second.audios) == 2
     stats = service.turn_stats
     assert [s.generate_calls for s in stats] == [1, 1]
-    assert stats[1]["prompt_tokens"] == second.prompt_tokens > 2 * 375
+    assert stats[1].prompt_tokens == second.prompt_tokens > 2 * 375
     usage = [
         d.value
         for f in h.down
@@ -125,8 +125,8 @@ async def test_errors_and_timeouts_become_error_frames_and_the_next_turn_works(t
     stats = service.turn_stats
     assert [bool(s.error) for s in stats] == [True, True, True, False]
     # The context keeps what was sent before the connection dropped.
-    assert stats[2]["text"] == "".join(server.reply_words[:2])
-    assert service.history[5].role == "assistant" and service.history[5].text == stats[2]["text"]
+    assert stats[2].text == "".join(server.reply_words[:2])
+    assert service.history[5].role == "assistant" and service.history[5].text == stats[2].text
 
 
 async def test_unreachable_server_is_a_clear_error(tiny_bundle):

@@ -89,10 +89,6 @@ class TurnStats:
         """Plain values, for JSON reports."""
         return asdict(self)
 
-    def __getitem__(self, name: str) -> Any:
-        """Read access by name, for readers not yet moved to attributes (tests/test_barge_in.py)."""
-        return getattr(self, name)
-
 
 class AheadWork:
     """Prefill done for the session's next turn before it starts (idle refresh, discarded speculation).
