@@ -112,14 +112,16 @@ async def test_rtvi_client_gets_bot_ready_errors_and_a_turn(server):
             # A pipeline error: the client hears of it, not its details.
             await session.voice.worker.queue_frame(ErrorFrame("secret detail at /srv/models"))
             for _ in range(100):
-                if any(m["type"] == "user-transcription" for m in rtvi) and len(rtvi_errors(rtvi)) >= 3:
+                said = [m["data"]["text"] for m in rtvi if m["type"] == "user-transcription"]
+                if "hello there" in said and len(rtvi_errors(rtvi)) >= 3:
                     break
                 await asyncio.sleep(0.1)
         finally:
             receiver.cancel()
 
     heard = [m["data"] for m in rtvi if m["type"] == "user-transcription"]
-    assert heard and heard[0]["text"] == "hello there" and heard[0]["final"], rtvi
+    # Besides the one sent here, the stage's own idle-time transcript may have come first.
+    assert any(h["text"] == "hello there" and h["final"] for h in heard), rtvi
     types = [m["type"] for m in rtvi]
     assert "bot-ready" in types, types
     errors = rtvi_errors(rtvi)

@@ -5,7 +5,16 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
-from pipecat.frames.frames import LLMFullResponseEndFrame, LLMFullResponseStartFrame, LLMTextFrame
+from pipecat.frames.frames import (
+    InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
+    LLMTextFrame,
+    TranscriptionFrame,
+    UserStartedSpeakingFrame,
+)
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.tests.utils import run_test
 
 from tests.voxtral_fixtures import (  # noqa: F401  (tiny_bundle_fixture: the tiny_bundle fixture)
     WAIT_TIMEOUT_S,
@@ -17,9 +26,10 @@ from tests.voxtral_fixtures import (  # noqa: F401  (tiny_bundle_fixture: the ti
     wait_until,
 )
 from voxtral_pipeline.audio import float_to_pcm16
-from voxtral_pipeline.config import VoxtralConfig
+from voxtral_pipeline.config import TurnConfig, VoxtralConfig
 from voxtral_pipeline.frames import UserUtteranceFrame
 from voxtral_pipeline.models.tekken import AUDIO_TOKEN_ID
+from voxtral_pipeline.processors.turns import TurnStage
 from voxtral_pipeline.processors.voxtral import VoxtralEngine, VoxtralLLMService
 
 TRANSCRIBE_TOKEN_ID = 34
@@ -172,3 +182,33 @@ async def test_long_utterances_become_chunks_up_to_the_cap(tiny_bundle, monkeypa
     kept = service.context.user_turns[1].audio
     assert len(kept) == 60 * 16000 and np.allclose(kept[-16000:], 0.3, atol=1e-3)
     assert service.turn_stats[1].prefill_tokens < 750 + 40  # only the new chunks were encoded
+
+
+async def test_behind_the_turn_stage_transcripts_go_upstream_for_rtvi_and_never_down(tiny_bundle):
+    """RTVI clients see what the user said (``user-transcription``) with the project's turn stage too."""
+    config = _config(transcribe_history=True, history_audio_turns=0)
+    engine = VoxtralEngine(tiny_bundle, kv_cache=config.kv_cache)
+    service = VoxtralLLMService(config, engine=engine, turns="utterance")
+    async with StageHarness(service) as h:
+        await h.send(make_utterance(1.0, seed=31))
+        await h.wait_down(count(LLMFullResponseEndFrame, 1))
+        await wait_until(
+            lambda: any(isinstance(f, TranscriptionFrame) for f in h.up), "a transcript upstream"
+        )
+        await wait_until(lambda: not engine.busy, "idle engine")
+    engine.close()
+    sent = [f for f in h.up if isinstance(f, TranscriptionFrame)]
+    assert len(sent) == 1 and sent[0].text == service.context.user_turns[0].transcript
+    assert not any(isinstance(f, TranscriptionFrame) for f in h.down)
+
+
+async def test_an_upstream_transcript_starts_no_turn_in_the_turn_stage():
+    """The turn stage starts turns on the VAD only: a transcript going upstream through it is passed on."""
+    stage = TurnStage(TurnConfig())
+    transcript = TranscriptionFrame(text="hello there", user_id="", timestamp="")
+    down, up = await run_test(
+        stage, frames_to_send=[transcript], frames_to_send_direction=FrameDirection.UPSTREAM
+    )  # fmt: skip
+    transcripts = [f for f in up if isinstance(f, TranscriptionFrame)]
+    assert len(transcripts) == 1 and transcripts[0].text == "hello there"
+    assert not any(isinstance(f, (UserStartedSpeakingFrame, InterruptionFrame)) for f in down + up)

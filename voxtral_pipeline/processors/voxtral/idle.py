@@ -48,15 +48,12 @@ class IdleWork:
             await self._service.cancel_task(task)
 
     async def _report(self, text: str) -> None:
-        """The transcript, upstream as a ``TranscriptionFrame``, for pipecat's user aggregator (which
-        writes it into the context; the echo is removed there, see :mod:`.completions`) and RTVI.
-
-        Behind the project's turn stage it is not sent: upstream, pipecat's transcript-based turn
-        start in that stage takes it for the user speaking and interrupts the bot; downstream, the
-        TTS would speak it (a ``TextFrame``). Both were seen in the conversation bench.
+        """The transcript, upstream as a ``TranscriptionFrame``: pipecat's user aggregator writes it
+        into the context (the echo is removed there, see :mod:`.completions`), and RTVI's observer
+        sends it to the client as ``user-transcription``. Behind the project's turn stage it goes
+        upstream too (the stage's strategies start turns on the VAD only, so it starts no turn); it
+        is never pushed downstream, where the TTS would speak it.
         """
-        if self._service.turn_source != "pipecat":
-            return
         self._service.completions.echo(text)
         frame = TranscriptionFrame(text=text, user_id="", timestamp=time_now_iso8601(), result=text)
         await self._service.push_frame(frame, FrameDirection.UPSTREAM)
