@@ -52,13 +52,15 @@ vllm-setup: $(VLLM_STAMP)
 
 # Debian packages the tests use: espeak-ng speaks the test conversations, chromium loads the
 # browser page, portaudio19-dev lets PyAudio (local audio) build, nginx routes sessions between
-# two vLLM replicas (tests/test_voxtral_vllm_replicas.py).
+# two vLLM replicas (tests/test_voxtral_vllm_replicas.py), npm brings pipecat's stock browser client
+# (tests/js, pinned; bundled by the test fixture in tests/test_pipecat_client.py).
 system-deps:
 	@missing=""; \
 	command -v espeak-ng >/dev/null 2>&1 || missing="$$missing espeak-ng"; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	[ -e /usr/include/portaudio.h ] || missing="$$missing portaudio19-dev"; \
 	command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || missing="$$missing nginx"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = "0" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; \
 		elif command -v sudo >/dev/null 2>&1; then sudo apt-get update -qq && sudo apt-get install -y -qq $$missing >/dev/null; \
