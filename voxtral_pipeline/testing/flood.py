@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,18 +52,20 @@ def rss_mb(pid: int) -> float:
 
 
 class FramesClient:
-    """One client of the bot's WebSocket (pipecat's protobuf frames): sends PCM, collects events."""
+    """One client of the bot's WebSocket (pipecat's protobuf frames): sends 16-bit PCM, collects the
+    events and audio it gets. The flood bench and the reliability tests both use it."""
 
     def __init__(self, url: str):
+        from pipecat.serializers.protobuf import ProtobufFrameSerializer
+
         self.url = url
         self.events: list[dict[str, Any]] = []
         self.audio_bytes = 0
+        self.closed = asyncio.Event()
+        self._ser = ProtobufFrameSerializer()
+        self._changed = asyncio.Event()
         self._ws: Any = None
         self._receiver: asyncio.Task | None = None
-        self._changed = asyncio.Event()
-        from pipecat.serializers.protobuf import ProtobufFrameSerializer
-
-        self._ser = ProtobufFrameSerializer()
 
     async def __aenter__(self) -> FramesClient:
         import websockets
@@ -72,7 +75,11 @@ class FramesClient:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        await self._ws.close()
+        await self.close()
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
         if self._receiver is not None:
             self._receiver.cancel()
             await asyncio.gather(self._receiver, return_exceptions=True)
@@ -92,22 +99,51 @@ class FramesClient:
         except websockets.ConnectionClosed:
             pass
         finally:
+            self.closed.set()
             self._changed.set()
 
-    async def send_audio(self, pcm: bytes) -> None:
+    async def send_raw(self, data: bytes | str) -> None:
+        await self._ws.send(data)
+
+    async def send_audio(self, pcm: bytes, rate: int = RATE, channels: int = 1) -> None:
+        """One audio message as it is given (no splitting)."""
         from pipecat.frames.frames import OutputAudioRawFrame
 
-        await self._ws.send(await self._ser.serialize(OutputAudioRawFrame(pcm, RATE, 1)))
+        await self._ws.send(await self._ser.serialize(OutputAudioRawFrame(pcm, rate, channels)))
 
-    async def stream(self, pcm: bytes, realtime: bool = True) -> None:
+    async def stream(self, pcm: bytes, rate: int = RATE, realtime: bool = True, channels: int = 1) -> None:
         """``pcm`` in 20 ms messages, in real time (absolute schedule) or as fast as the socket takes them."""
+        step = rate // 50 * 2 * channels
         loop = asyncio.get_running_loop()
         start = loop.time()
-        for n, i in enumerate(range(0, len(pcm), STEP_BYTES)):
-            chunk = pcm[i : i + STEP_BYTES]
-            await self.send_audio(chunk + b"\x00" * (STEP_BYTES - len(chunk)))
+        for n, i in enumerate(range(0, len(pcm), step)):
+            chunk = pcm[i : i + step]
+            await self.send_audio(chunk + b"\x00" * (step - len(chunk)), rate, channels)
             if realtime:
                 await asyncio.sleep(max(0.0, start + (n + 1) * 0.02 - loop.time()))
+            elif n % 25 == 0:
+                await asyncio.sleep(0)
+
+    def types(self) -> list[str]:
+        return [e.get("type", "") for e in self.events]
+
+    def count(self, kind: str) -> int:
+        return self.types().count(kind)
+
+    async def wait_for(
+        self, predicate: Callable[[FramesClient], bool], what: str, timeout: float = 90.0
+    ) -> None:
+        """Wait until ``predicate(self)`` holds (an AssertionError naming ``what`` at the timeout)."""
+
+        async def loop() -> None:
+            while not predicate(self):
+                self._changed.clear()
+                await self._changed.wait()
+
+        try:
+            await asyncio.wait_for(loop(), timeout)
+        except asyncio.TimeoutError:
+            raise AssertionError(f"timed out waiting for {what}; events: {self.types()[-30:]}") from None
 
     def final_metrics(self) -> list[dict[str, Any]]:
         """Each turn's last ``turn-metrics`` event."""
