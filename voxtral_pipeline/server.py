@@ -32,7 +32,6 @@ import asyncio
 import ctypes
 import gc
 import hmac
-import ipaddress
 import json
 import socket
 import time
@@ -50,7 +49,7 @@ from pipecat.frames.frames import InputAudioRawFrame
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 
 from voxtral_pipeline.config import PipelineConfig
-from voxtral_pipeline.server_guard import RequestGuard, allowed_hosts
+from voxtral_pipeline.server_guard import RequestGuard, allowed_hosts, is_loopback
 from voxtral_pipeline.session import SharedModels, build_services
 from voxtral_pipeline.transports.events import ClientEventsObserver
 
@@ -83,15 +82,6 @@ def build_session(config: PipelineConfig, transport, models: SharedModels | None
     )
     events.metrics = voice.metrics
     return voice
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def bind_warning(host: str) -> str | None:

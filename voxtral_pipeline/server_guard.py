@@ -20,6 +20,7 @@ voice bot.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
@@ -168,10 +169,18 @@ def _replay(body: bytes, receive: Receive) -> Receive:
     return replay
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine's loopback."""
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def allowed_hosts(host: str, extra: Iterable[str]) -> list[str] | None:
     """The Host names a server bound to ``host`` answers (None: any)."""
-    from voxtral_pipeline.server import is_loopback
-
     extra = [h.strip().lower() for h in extra]
     if "*" in extra:
         return None
