@@ -152,8 +152,8 @@ async def _concurrent(rig: VoxtralRig, n: int, new_tokens: int, secs: float) -> 
         rows.append(
             {
                 "ttft_ms": round(((probe.first or time.perf_counter()) - sent) * 1000, 1),
-                "completion_tokens": s["completion_tokens"],
-                "queued_ms": round(s.get("queued_ms") or 0.0, 1),
+                "completion_tokens": s.completion_tokens,
+                "queued_ms": round(s.queued_ms or 0.0, 1),
             }
         )
         rig.engine.release_session(service.session_id)

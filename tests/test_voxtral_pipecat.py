@@ -323,11 +323,14 @@ async def test_more_audio_than_voxtral_takes_is_cut_named_once_and_answered(tiny
     assert "What did I say?" in _prompt(tiny_bundle, spy.calls[0]["input_ids"])
 
 
-async def test_behind_the_turn_stage_a_transcript_is_kept_and_sent_nowhere(tiny_bundle):
-    """Upstream the turn stage would take it for the user speaking; downstream the TTS would say it."""
+async def test_behind_the_turn_stage_a_transcript_goes_upstream_only(tiny_bundle):
+    """Upstream for RTVI clients (the turn stage starts no turn on it: tests/test_voxtral_session.py);
+    never downstream, where the TTS would say it."""
     service = VoxtralLLMService(_config(transcribe_history=True), bundle=tiny_bundle, turns="utterance")
     async with StageHarness(service) as h:
         await h.send(make_utterance(1.0, seed=4))
         await h.wait_down(_ends(1))
-        await wait_until(lambda: service.context.user_turns[0].transcript is not None, "the transcript")
-    assert not any(isinstance(f, TranscriptionFrame) for f in [*h.up, *h.down])
+        await wait_until(lambda: any(isinstance(f, TranscriptionFrame) for f in h.up), "the transcript")
+    sent = [f for f in h.up if isinstance(f, TranscriptionFrame)]
+    assert [f.text for f in sent] == [service.context.user_turns[0].transcript]
+    assert not any(isinstance(f, TranscriptionFrame) for f in h.down)

@@ -184,24 +184,6 @@ async def test_long_utterances_become_chunks_up_to_the_cap(tiny_bundle, monkeypa
     assert service.turn_stats[1].prefill_tokens < 750 + 40  # only the new chunks were encoded
 
 
-async def test_behind_the_turn_stage_transcripts_go_upstream_for_rtvi_and_never_down(tiny_bundle):
-    """RTVI clients see what the user said (``user-transcription``) with the project's turn stage too."""
-    config = _config(transcribe_history=True, history_audio_turns=0)
-    engine = VoxtralEngine(tiny_bundle, kv_cache=config.kv_cache)
-    service = VoxtralLLMService(config, engine=engine, turns="utterance")
-    async with StageHarness(service) as h:
-        await h.send(make_utterance(1.0, seed=31))
-        await h.wait_down(count(LLMFullResponseEndFrame, 1))
-        await wait_until(
-            lambda: any(isinstance(f, TranscriptionFrame) for f in h.up), "a transcript upstream"
-        )
-        await wait_until(lambda: not engine.busy, "idle engine")
-    engine.close()
-    sent = [f for f in h.up if isinstance(f, TranscriptionFrame)]
-    assert len(sent) == 1 and sent[0].text == service.context.user_turns[0].transcript
-    assert not any(isinstance(f, TranscriptionFrame) for f in h.down)
-
-
 async def test_an_upstream_transcript_starts_no_turn_in_the_turn_stage():
     """The turn stage starts turns on the VAD only: a transcript going upstream through it is passed on."""
     stage = TurnStage(TurnConfig())

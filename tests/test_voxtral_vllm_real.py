@@ -272,7 +272,7 @@ async def test_several_sessions_at_once_each_with_its_header(vllm):
     assert sorted(router.sessions) == sorted((sid, sid) for sid in ids for _ in range(2))
     for service in services:  # each session's second turn reused its own first turn's prefix
         second = service.turn_stats[1]
-        assert second["prefill_tokens"] < second["prompt_tokens"] - 375, second
+        assert second.prefill_tokens < second.prompt_tokens - 375, second
 
 
 async def test_server_killed_mid_answer_then_slow_to_restart(vllm):
@@ -305,5 +305,5 @@ async def test_server_killed_mid_answer_then_slow_to_restart(vllm):
     assert "vLLM" in errors[0].error
     assert f"cannot reach vLLM at {vllm.base_url}" in errors[1].error
     assert _texts(h.down).endswith("back again.")
-    assert [bool(s["error"]) for s in service.turn_stats] == [True, True, False]
+    assert [bool(s.error) for s in service.turn_stats] == [True, True, False]
     assert service.is_usable

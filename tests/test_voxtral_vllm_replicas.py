@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 from pipecat.frames.frames import ErrorFrame, LLMFullResponseEndFrame, LLMTextFrame
 
-from tests.voxtral_fixtures import StageHarness, count, make_utterance
+from tests.voxtral_fixtures import StageHarness, count, make_utterance, wait_until
 from voxtral_pipeline.config import load_config
 from voxtral_pipeline.testing.nginx_router import NginxRouter, nginx_binary
 from voxtral_pipeline.testing.vllm_server import VLLMServer, VLLMUnavailableError, vllm_python
@@ -74,7 +74,7 @@ async def test_each_session_stays_on_its_replica_and_hits_its_prefix_cache(repli
         (upstream,) = set(_upstreams(router, session))  # one replica for the whole session
         assert upstream in {f"127.0.0.1:{s.port}" for s in servers}
         for stats in service.turn_stats[1:]:  # only the new turn was prefilled
-            assert stats["prefill_tokens"] < stats["prompt_tokens"] - 375, stats
+            assert stats.prefill_tokens < stats.prompt_tokens - 375, stats
 
 
 async def test_a_session_survives_its_replica_dying(replicas):
@@ -83,6 +83,8 @@ async def test_a_session_survives_its_replica_dying(replicas):
     async with StageHarness(service) as h:
         await h.send(make_utterance(1.0, seed=500))
         await h.wait_down(count(LLMFullResponseEndFrame, 1))
+        # nginx logs a request once it has closed it, which can be just after the stream's end.
+        await wait_until(lambda: _upstreams(router, "survivor"), "nginx's log of the first turn")
         (first,) = _upstreams(router, "survivor")
         dead = next(s for s in servers if f"127.0.0.1:{s.port}" == first)
         dead.kill()
@@ -97,6 +99,6 @@ async def test_a_session_survives_its_replica_dying(replicas):
     other = next(f"127.0.0.1:{s.port}" for s in servers if s is not dead)
     assert routes[0] == first and routes[-1] == other, routes  # turn 2 was retried on the other one
     second, third = service.turn_stats[1], service.turn_stats[2]
-    assert not second["error"] and not third["error"]
-    assert second["prefill_tokens"] > second["prompt_tokens"] - 375  # a new replica: the whole prompt
-    assert third["prefill_tokens"] < third["prompt_tokens"] - 375  # then its own prefix cache
+    assert not second.error and not third.error
+    assert second.prefill_tokens > second.prompt_tokens - 375  # a new replica: the whole prompt
+    assert third.prefill_tokens < third.prompt_tokens - 375  # then its own prefix cache
