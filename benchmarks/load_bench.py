@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import fractions
 import json
 import random
 import statistics
@@ -133,35 +132,14 @@ async def websocket_client(url: str, pcm: bytes, turns: int, events: list[dict],
 
 async def webrtc_client(url: str, pcm: bytes, turns: int, events: list[dict], deadline: float) -> None:
     import aiohttp
-    import av
-    from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
+    from aiortc import RTCPeerConnection, RTCSessionDescription
+
+    from voxtral_pipeline.testing.peer import SpeechTrack
 
     samples = np.frombuffer(pcm, dtype="<i2")
 
-    class Microphone(MediaStreamTrack):
-        kind = "audio"
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.n = 0
-            self.start: float | None = None
-
-        async def recv(self):
-            loop = asyncio.get_running_loop()
-            if self.start is None:
-                self.start = loop.time()
-            await asyncio.sleep(max(0.0, self.start + self.n * 0.02 - loop.time()))
-            chunk = samples[self.n * STEP : (self.n + 1) * STEP]
-            chunk = np.pad(chunk, (0, STEP - len(chunk)))
-            frame = av.AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-            frame.sample_rate = RATE
-            frame.pts = self.n * STEP
-            frame.time_base = fractions.Fraction(1, RATE)
-            self.n += 1
-            return frame
-
     pc = RTCPeerConnection()
-    pc.addTrack(Microphone())
+    pc.addTrack(SpeechTrack(pcm))
     channel = pc.createDataChannel("events", ordered=True)
     channel.on("message", lambda message: events.append(json.loads(message)))
     sinks: list[asyncio.Task] = []
