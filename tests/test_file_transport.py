@@ -83,3 +83,37 @@ def test_recording_places_bot_audio_on_the_input_timeline(tmp_path):
     assert np.abs(rec[: int(1.5 * 24000) - 1, 1]).max() == 0.0
     assert np.allclose(rec[int(1.5 * 24000) :, 1], 0.25)
     assert np.abs(rec[:24000, 0]).max() > 0.3
+
+
+def test_a_silent_reply_to_the_last_turn_ends_the_wait_for_it(tmp_path):
+    # A reply with no speakable text (random weights say "" now and then) used to hold the session
+    # for reply_timeout_secs (120 s) waiting for speech that could not come.
+    from pipecat.frames.frames import (
+        FunctionCallsStartedFrame,
+        LLMFullResponseEndFrame,
+        LLMFullResponseStartFrame,
+        TTSAudioRawFrame,
+        UserStoppedSpeakingFrame,
+    )
+
+    path = tmp_path / "in.wav"
+    sf.write(str(path), _tone(16000), 16000)
+    transport = FileTransport(FileTransportConfig(input=path))
+    inp, out = transport.input(), transport.output()
+
+    def reply(*middle) -> bool:
+        """The user ends a turn, a reply goes out; whether the input still awaits one."""
+        inp._track(UserStoppedSpeakingFrame())
+        for frame in [LLMFullResponseStartFrame(), *middle, LLMFullResponseEndFrame()]:
+            out._track_reply(frame)
+        return inp._awaiting_reply_since is not None
+
+    assert not reply()  # silent: nothing to wait for
+    audio = TTSAudioRawFrame(audio=b"\0\0" * 480, sample_rate=24000, num_channels=1, context_id="c")
+    assert reply(audio)  # audible: its BotStartedSpeakingFrame ends the wait, not this
+    assert reply(FunctionCallsStartedFrame(function_calls=[]))  # a tool round: the answer follows
+    # A silent reply that began before the last turn ended does not answer it.
+    out._track_reply(LLMFullResponseStartFrame())
+    inp._track(UserStoppedSpeakingFrame())
+    out._track_reply(LLMFullResponseEndFrame())
+    assert inp._awaiting_reply_since is not None

@@ -182,3 +182,43 @@ async def test_min_speech_keeps_a_backchannel_from_interrupting_but_not_a_questi
     frames = _stream(audio, bot_from=_on_frame(bot_from))
     down, _ = await run_test(TurnStage(config), frames_to_send=frames)
     assert len([f for f in down if isinstance(f, UserStartedSpeakingFrame)]) == 2
+
+
+@needs_espeak
+async def test_a_question_that_cuts_the_bot_off_is_one_turn_however_long_the_bot_takes_to_stop():
+    # CI split "Who wrote | Pride and Prejudice?" in two turns: the bot began its answer as the
+    # question began, and while it stayed audible every 32 ms window of the user's speech was held
+    # to the echo gate on its own, so the quiet ones between words made a VAD stop mid-question.
+    # The gate decides whether speech may start a turn; once it has (the bot is being cut off) the
+    # usual loudness decides its end. (Before the fix: 3 starts with the bot audible for 3 s.)
+    question = _level(speak("Who wrote Pride and Prejudice?"))
+    echo = _bot_voice()
+    for with_echo, audible in ((False, 0.6), (False, 3.0), (True, 3.0)):
+        heard = question.copy()
+        if with_echo:
+            n = min(len(echo), len(heard))
+            heard[:n] += echo[:n]
+        audio, bot_from = _first_turn_then(heard)
+        frames = _stream(audio, bot_from=_on_frame(bot_from), bot_to=_on_frame(bot_from + audible))
+        down, _ = await run_test(TurnStage(TurnConfig(speculative=False)), frames_to_send=frames)
+        starts = [f for f in down if isinstance(f, UserStartedSpeakingFrame)]
+        utterances = [f for f in down if isinstance(f, UserUtteranceFrame)]
+        case = f"echo={with_echo}, bot audible {audible:.1f} s into the question"
+        assert (len(starts), len(utterances)) == (2, 2), case
+        assert not [f for f in down if isinstance(f, UserTurnIgnoredFrame)], case
+
+
+@needs_espeak
+async def test_a_backchannel_over_the_bots_echo_stays_gated():
+    # The control for the test above: speech that has not started a turn (a "mm-hm" under
+    # interruptions.min_speech_ms) stays held to the echo gate, so the bot's own voice after it
+    # cannot stretch it into an interruption.
+    config = TurnConfig(speculative=False, interruptions={"min_speech_ms": 1000})
+    mm = _level(speak("Mm-hm."))
+    heard = _bot_voice()
+    at = int(0.3 * RATE)
+    heard[at : at + len(mm)] += mm
+    audio, bot_from = _first_turn_then(heard)
+    frames = _stream(audio, bot_from=_on_frame(bot_from), bot_to=_on_frame(bot_from + len(heard) / RATE))
+    down, _ = await run_test(TurnStage(config), frames_to_send=frames)
+    assert len([f for f in down if isinstance(f, UserStartedSpeakingFrame)]) == 1

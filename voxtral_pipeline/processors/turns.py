@@ -90,7 +90,8 @@ class TurnVADAnalyzer(SileroVADAnalyzer):
     over pipecat's 400 ms BS.1770 window, clears ``min_volume``: with onset lag that stopped the bot
     350 ms (p50) after the user began (issue 15). While the bot speaks (:attr:`bot_speaking`, set by
     the start strategy) a start needs only ``barge_in_secs`` of speech, and each 32 ms window is
-    gated by its own level instead: at least ``echo_margin_db`` below the user's own voice, learned
+    gated by its own level instead (until that speech has started a turn: then the usual smoothed
+    loudness decides its stop): at least ``echo_margin_db`` below the user's own voice, learned
     from the loud windows of their speech while the bot was silent. The bot's voice leaking back
     into the microphone is quieter than the user speaking into it (at -10 dB it stays under the
     gate), so it does not interrupt; the user talking over it does. Before the user has spoken the
@@ -103,6 +104,7 @@ class TurnVADAnalyzer(SileroVADAnalyzer):
         self._barge_in_secs = barge_in_secs
         self._echo_margin_db = echo_margin_db
         self._bot_speaking = False
+        self._user_has_floor = False
         self._levels: deque[float] = deque(maxlen=300)  # the user's loud windows (~10 s)
         self._smoothed = 0.0
         self._recent: deque[float] = deque(maxlen=2)  # Silero's last scores (~64 ms)
@@ -132,6 +134,7 @@ class TurnVADAnalyzer(SileroVADAnalyzer):
         if value == self._bot_speaking:
             return
         self._bot_speaking = value
+        self._user_has_floor = False
         # Swap the start length without set_params(), which would reset a start in progress.
         params = self._normal_params
         if value:
@@ -140,6 +143,11 @@ class TurnVADAnalyzer(SileroVADAnalyzer):
         self._vad_start_frames = max(
             1, round(params.start_secs / (self.num_frames_required() / self.sample_rate))
         )
+
+    def give_user_the_floor(self) -> None:
+        """The user's speech has started a turn over the bot (it is being cut off): the echo gate,
+        which only decides whether speech may start a turn, is lifted until the bot next speaks."""
+        self._user_has_floor = True
 
     def set_params(self, params: VADParams):
         self._normal_params = params
@@ -159,6 +167,11 @@ class TurnVADAnalyzer(SileroVADAnalyzer):
         self._volume_tracker.update(audio, self.sample_rate)
         self._smoothed = exp_smoothing(self._volume_tracker.volume, self._smoothed, self._smoothing_factor)
         level = _window_db(audio)
+        if self._bot_speaking and self._user_has_floor:
+            # The gate decides whether speech may start a turn. Held to it after the turn had cut
+            # the bot off, the quiet windows between words made VAD stops mid-question while the
+            # bot was still audible: CI split "Who wrote | Pride and Prejudice?" in two.
+            return self._smoothed
         if self._bot_speaking:
             return 1.0 if level >= self.echo_gate_db else 0.0
         if self._vad_state == VADState.SPEAKING and level > -60.0:
@@ -244,6 +257,8 @@ class BargeInUserTurnStartStrategy(BaseUserTurnStartStrategy):
     async def _start(self):
         self._pending = False
         self._ignoring = False
+        if self._bot_speaking and self._vad is not None:
+            self._vad.give_user_the_floor()
         await self.trigger_user_turn_started()
 
     async def _ignored(self, reason: str):

@@ -31,8 +31,11 @@ from pipecat.frames.frames import (
     EndFrame,
     EndWorkerFrame,
     Frame,
+    FunctionCallsStartedFrame,
     InputAudioRawFrame,
     InterruptionFrame,
+    LLMFullResponseEndFrame,
+    LLMFullResponseStartFrame,
     OutputAudioRawFrame,
     StartFrame,
     UserStartedSpeakingFrame,
@@ -261,6 +264,15 @@ class FileInputTransport(BaseInputTransport):
             self._bot_started_at = None
             self._last_bot_activity = now
 
+    def reply_was_silent(self, started_at: float) -> None:
+        """A reply that began at ``started_at`` ended with no audio and no tool call (the model
+        said nothing speakable): when it answers the last turn, no speech is coming, so the
+        session need not wait ``reply_timeout_secs`` for it."""
+        if self._awaiting_reply_since is not None and started_at >= self._awaiting_reply_since:
+            logger.debug(f"{self}: the last turn's reply was silent")
+            self._awaiting_reply_since = None
+            self._last_bot_activity = time.time()
+
     def _done(self, now: float) -> bool:
         if self._user_in_turn or self._bot_speaking:
             return False
@@ -343,6 +355,8 @@ class FileOutputTransport(BaseOutputTransport):
         super().__init__(params)
         self._transport = transport
         self._next_play_time = 0.0
+        # The reply going out: (when it started, whether it had audio or a tool call), or None.
+        self._reply: tuple[float, bool] | None = None
 
     async def start(self, frame: StartFrame):
         await super().start(frame)
@@ -352,7 +366,23 @@ class FileOutputTransport(BaseOutputTransport):
         if isinstance(frame, InterruptionFrame):
             # Pipecat's base class drops the queued audio; the frame being written plays to its end.
             self._transport.mark_interruption(time.time())
+        if direction == FrameDirection.DOWNSTREAM:
+            self._track_reply(frame)
         await super().process_frame(frame, direction)
+
+    def _track_reply(self, frame: Frame) -> None:
+        # pipecat's TTS queues a reply's end behind its audio, so the audio (if any) arrives first.
+        if isinstance(frame, LLMFullResponseStartFrame):
+            self._reply = (time.time(), False)
+        elif self._reply is None:
+            return
+        elif isinstance(frame, (OutputAudioRawFrame, FunctionCallsStartedFrame)):
+            self._reply = (self._reply[0], True)
+        elif isinstance(frame, LLMFullResponseEndFrame):
+            started_at, heard = self._reply
+            self._reply = None
+            if not heard:
+                self._transport.input().reply_was_silent(started_at)
 
     async def write_audio_frame(self, frame: OutputAudioRawFrame) -> bool:
         samples = pcm16_to_float(frame.audio)
