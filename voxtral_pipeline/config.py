@@ -475,7 +475,8 @@ class FileTransportConfig(_Strict):
         gt=0.0,
         le=3600.0,
         allow_inf_nan=False,
-        description="Longest wait for the bot to answer the last turn before ending.",
+        description="Longest wait for the bot to answer the last turn before ending (a reply that ends with "
+        "nothing to say ends the wait at once).",
     )
 
 
