@@ -87,6 +87,7 @@ async def test_bot_answers_a_turn_under_pipecats_runner(tmp_path):
     messages: list[dict] = []
     peaks: list[int] = []
     done = asyncio.Event()
+    ready = asyncio.Event()  # the runner loads the models for its first session after the offer
     try:
         async with aiohttp.ClientSession() as http:
             for _ in range(600):  # the runner imports pipecat's transports: up to a minute
@@ -98,7 +99,7 @@ async def test_bot_answers_a_turn_under_pipecats_runner(tmp_path):
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.1)
-            pc.addTrack(SpeechTrack(question_pcm()))
+            pc.addTrack(SpeechTrack(question_pcm(), speak_when=ready))
             channel = pc.createDataChannel("chat", ordered=True)
 
             @channel.on("open")
@@ -115,6 +116,8 @@ async def test_bot_answers_a_turn_under_pipecats_runner(tmp_path):
                 except ValueError:
                     return
                 messages.append(m)
+                if m.get("label") == "rtvi-ai" and m.get("type") == "bot-ready":
+                    ready.set()
                 if m.get("label") == "rtvi-ai" and m.get("type") == "bot-stopped-speaking":
                     done.set()
 
