@@ -35,7 +35,6 @@ import asyncio
 import json
 import random
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from voxtral_pipeline.audio import float_to_pcm16, resample  # noqa: E402
 from voxtral_pipeline.config import PipelineConfig, load_config  # noqa: E402
 from voxtral_pipeline.machine import machine_info  # noqa: E402
 from voxtral_pipeline.server import BotServer, Session, SharedModels  # noqa: E402
+from voxtral_pipeline.testing.bench_cli import add_common_args, warnings_only, write_results  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RATE = 16000
@@ -319,25 +319,17 @@ async def main_async(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="dummy:tiny")
-    p.add_argument("--tts-model", default="dummy:tiny")
-    p.add_argument("--device", default="cpu")
+    add_common_args(p)
     p.add_argument("--sessions", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--turns", type=int, default=3, help="questions per session")
     p.add_argument("--new-tokens", type=int, default=32, help="voxtral.max_new_tokens")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=None)
     p.add_argument("--vllm", metavar="URL", help="Voxtral on this vLLM server (docs/vllm.md)")
     args = p.parse_args()
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    warnings_only()
     results = asyncio.run(main_async(args))
     print_table(results["levels"])
-    name = f"load_bench-{args.model.replace(':', '-')}-{args.device}"
-    out = args.out or RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"results: {out}")
+    write_results(results, RESULTS, "load_bench", args)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from loguru import logger
 from pipecat.frames.frames import EndFrame, Frame, LLMFullResponseEndFrame, TTSStoppedFrame
 from pipecat.pipeline.pipeline import Pipeline
 from pipecat.pipeline.worker import PipelineParams, PipelineWorker
@@ -39,6 +36,7 @@ from voxtral_pipeline.processors.chunker import WordChunker  # noqa: E402
 from voxtral_pipeline.processors.kokoro import KokoroTTSService  # noqa: E402
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService  # noqa: E402
 from voxtral_pipeline.processors.voxtral.backend import shared_bundle  # noqa: E402
+from voxtral_pipeline.testing.bench_cli import add_common_args, warnings_only, write_results  # noqa: E402
 from voxtral_pipeline.testing.resources import Snapshot  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -143,18 +141,14 @@ async def soak(args: argparse.Namespace) -> dict[str, Any]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="dummy:tiny")
-    p.add_argument("--tts-model", default="dummy:tiny")
-    p.add_argument("--device", default="cpu")
+    add_common_args(p)
     p.add_argument("--turns", type=int, default=300)
     p.add_argument("--every", type=int, default=50)
     p.add_argument("--new-tokens", type=int, default=4)
     p.add_argument("--history-audio-turns", type=int, default=1)
     p.add_argument("--transcribe", action="store_true", help="transcribe old turns while idle")
-    p.add_argument("--out", type=Path, default=None)
     args = p.parse_args()
-    logger.remove()
-    logger.add(sys.stderr, level="WARNING")
+    warnings_only()
     results = asyncio.run(soak(args))
     first, last = results["samples"][1 if len(results["samples"]) > 1 else 0], results["samples"][-1]
     print(
@@ -163,11 +157,7 @@ def main() -> None:
         f"(KV cache {first['kv_cache_mb']} -> {last['kv_cache_mb']} MB), threads {first['threads']} -> "
         f"{last['threads']}, tasks {first['tasks']} -> {last['tasks']}"
     )
-    name = f"soak_bench-{args.model.replace(':', '-')}-{args.device}"
-    out = args.out or RESULTS / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    print(f"results: {out}")
+    write_results(results, RESULTS, "soak_bench", args)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
+import numpy as np
+import pytest
 from pipecat.frames.frames import (
     ErrorFrame,
     InterruptionFrame,
@@ -30,6 +33,7 @@ from voxtral_pipeline.frames import UserUtteranceFrame
 from voxtral_pipeline.models import ModelUnavailableError
 from voxtral_pipeline.models.tekken import AUDIO_TOKEN_ID
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService
+from voxtral_pipeline.processors.voxtral.backend import AnswerJob, LocalBackend
 
 INSTRUCTIONS = "Answer in one short sentence."
 
@@ -244,3 +248,19 @@ async def test_load_failure_surfaces_as_model_unavailable():
         pass
     assert len(errors) == 1 and isinstance(errors[0].exception, ModelUnavailableError)
     assert "\n" not in str(errors[0].exception) and "dummy:tiny" in str(errors[0].exception)
+
+
+async def test_every_request_before_setup_says_the_model_is_not_loaded():
+    backend = LocalBackend(_config(), "s1")  # start() (the stage's setup) was never called
+    messages = [{"role": "user", "content": "hi"}]
+    job = AnswerJob("s1", messages, max_new_tokens=4, temperature=0.0, top_p=1.0)
+    cancel = threading.Event()
+    requests = [
+        backend.answer(job, on_text=None, on_calls=None),
+        backend.transcribe(np.zeros(1600, np.float32), "en", cancel, 16),
+        backend.refresh("s1", messages, None, cancel),
+        backend.complete(messages, 4, 0.0, 1.0),
+    ]
+    for request in requests:
+        with pytest.raises(RuntimeError, match="not loaded yet"):
+            await request

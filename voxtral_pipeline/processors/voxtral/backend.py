@@ -160,10 +160,13 @@ class LocalBackend(VoxtralBackend):
         if self.engine is not None:
             self.engine.release_session(self._session_id)
 
-    def _submit(self, request: EngineRequest) -> asyncio.Future:
+    def _loaded_engine(self) -> VoxtralEngine:
         if self.engine is None:
             raise RuntimeError("the Voxtral model is not loaded yet (the stage's setup() loads it)")
-        return asyncio.wrap_future(self.engine.submit(request))
+        return self.engine
+
+    def _submit(self, request: EngineRequest) -> asyncio.Future:
+        return asyncio.wrap_future(self._loaded_engine().submit(request))
 
     async def answer(
         self,
@@ -171,8 +174,7 @@ class LocalBackend(VoxtralBackend):
         on_text: Callable[[str], Awaitable[None]],
         on_calls: Callable[[list[ToolCall]], None],
     ) -> EngineResult:
-        if self.engine is None:
-            raise RuntimeError("the Voxtral model is not loaded yet (the stage's setup() loads it)")
+        engine = self._loaded_engine()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
 
@@ -191,7 +193,7 @@ class LocalBackend(VoxtralBackend):
             min_new_tokens=job.min_new_tokens,
             tools=job.tools,
         )
-        engine_future = self.engine.submit(request)
+        engine_future = engine.submit(request)
         if job.on_finished is not None:
             on_finished = job.on_finished
             engine_future.add_done_callback(
