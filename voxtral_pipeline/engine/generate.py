@@ -172,11 +172,12 @@ class Generator:
         cut = len(ids) - 1 - ids[::-1].index(inst)
         ids = ids[:cut]
         r.prompt_tokens = len(ids)
+        if self.kv.prefix(req.session_id, ids) >= len(ids):
+            r.cached_tokens = len(ids)
+            return  # all there already: the cache is left whole (the next turn may share more of it)
         cache, p = self.kv.take(req.session_id, ids + [inst])
         p = min(p, len(ids))
         r.cached_tokens = p
-        if p >= len(ids):
-            return
         suffix = ids[p:]
         feats = self.prompts.features(self.prompts.suffix_audios(audios, suffix))
         r.prepare_s = time.perf_counter() - t0
