@@ -201,6 +201,33 @@ def test_idle_refresh_prefills_a_rewritten_history_exactly(tiny_bundle):
         plain.close()
 
 
+def test_a_refresh_with_nothing_to_prefill_leaves_the_cache_whole_and_the_store_true(tiny_bundle):
+    """A refresh whose context is all cached used to crop the session's cache in place and keep
+    nothing, so the store still listed ids the cache no longer held: the next turn took them as
+    cached and failed ("Audio features and audio tokens do not match"). It happened after an answer
+    that said nothing (a cut function call): the next prompt merges the two user turns."""
+    from voxtral_pipeline.engine.kv_store import seq_length
+
+    engine = VoxtralEngine(tiny_bundle)
+    plain = VoxtralEngine(tiny_bundle, kv_cache=False)
+    try:
+        _answer(engine, "s", _conversation(1, []), max_new_tokens=4)
+        held = engine.cached_tokens("s")
+        # The context before the next [INST] is "<s>" alone here: already cached.
+        refresh = engine.submit(EngineRequest("s", kind="refresh", conversation=[])).result(WAIT_TIMEOUT_S)
+        assert refresh.prefill_tokens == 0 and engine.cached_tokens("s") == held
+        conv = _conversation(2, ["ab"])
+        r = _answer(engine, "s", conv, max_new_tokens=4)
+        assert r.token_ids == _answer(plain, "s", conv, max_new_tokens=4).token_ids
+        assert r.cached_tokens > 375  # the first turn's audio came from the cache
+        # Whoever takes a cache and keeps nothing back, the store says what the cache holds.
+        cache, p = engine.kv.take("s", engine.prompts.chat(_conversation(1, []), None)[0][:10])
+        assert engine.cached_tokens("s") == seq_length(cache) == p
+    finally:
+        engine.close()
+        plain.close()
+
+
 def test_a_static_cache_made_in_inference_mode_is_cropped_without_error(tiny_bundle):
     """``generate()`` fills caches inside ``torch.inference_mode()``: their rewind must run there too."""
     import torch

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 
 import pytest
+from loguru import logger
 from pipecat.adapters.llm.schemas.function_schema import FunctionSchema
 from pipecat.adapters.llm.schemas.tools_schema import ToolsSchema
 from pipecat.frames.frames import (
@@ -23,6 +25,7 @@ from pipecat.frames.frames import (
     InterruptionFrame,
     LLMFullResponseEndFrame,
     LLMTextFrame,
+    TTSSpeakFrame,
 )
 from pipecat.services.llm_service import FunctionCallParams
 
@@ -33,11 +36,12 @@ from tests.voxtral_fixtures import (  # noqa: F401  (tiny_bundle_fixture: the ti
     count,
     make_utterance,
     tiny_bundle_fixture,
+    tiny_ids,
     tiny_tool_call,
     wait_until,
 )
 from voxtral_pipeline.config import VoxtralConfig
-from voxtral_pipeline.models.tekken import AUDIO_TOKEN_ID, TOOL_CALLS_TOKEN_ID
+from voxtral_pipeline.models.tekken import ARGS_TOKEN_ID, AUDIO_TOKEN_ID, EOS_TOKEN_ID, TOOL_CALLS_TOKEN_ID
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService
 from voxtral_pipeline.processors.voxtral.tools import ToolCallStream, parse_tool_calls
 
@@ -517,3 +521,200 @@ async def test_parallel_calls_a_direct_function_and_the_started_event_come_from_
     prompt = _prompt(tiny_bundle, spy.calls[1]["input_ids"])
     assert '{"time": "10:30"}' in prompt and '{"city": "Paris", "country": "France"}' in prompt
     assert [t.role for t in service.history] == ["user", "assistant", "tool", "tool", "assistant"]
+
+
+# ----------------------------------------------------------------------------------------------
+# A call the token limit cuts off: never run, the model is not asked again, the user hears why
+
+
+@pytest.fixture
+def warnings():
+    """The warnings logged during the test (loguru's messages)."""
+    lines: list[str] = []
+    sink = logger.add(lambda m: lines.append(m.record["message"]), level="WARNING")
+    yield lines
+    logger.remove(sink)
+
+
+def _cut_warnings(lines: list[str]) -> list[str]:
+    return [line for line in lines if "cut off by the token limit" in line]
+
+
+def _written_ids(written: str) -> list[int]:
+    """Ids of model output with the call's control tokens written as text (tiny tokenizer)."""
+    markers = {"[TOOL_CALLS]": TOOL_CALLS_TOKEN_ID, "[ARGS]": ARGS_TOKEN_ID}
+    ids: list[int] = []
+    for part in re.split(r"(\[TOOL_CALLS\]|\[ARGS\])", written):
+        ids.extend([markers[part]] if part in markers else tiny_ids(part))
+    return ids
+
+
+def _vllm_config(base_url: str, **overrides) -> VoxtralConfig:
+    values = {
+        "backend": "vllm",
+        "instructions": "Be brief.",
+        "transcribe_history": False,
+        "tools": {"filler": False},
+        "vllm": {"base_url": base_url},
+    }
+    return VoxtralConfig(**{**values, **overrides})
+
+
+async def _cut_turn_then_another(service: VoxtralLLMService) -> StageHarness:
+    """A turn whose call the limit cuts, then the next turn; the harness holds their frames."""
+
+    def first_turn_over(frames) -> bool:  # its apology is out, or (what must not be) a call settled
+        return count(TTSSpeakFrame)(frames) or count(FunctionCallResultFrame)(frames)
+
+    async with StageHarness(service) as h:
+        await h.send(make_utterance(1.0))
+        await h.wait_down(count(LLMFullResponseEndFrame))
+        await h.wait_down(first_turn_over)
+        await h.send(make_utterance(1.0, seed=2))
+        await h.wait_down(count(LLMFullResponseEndFrame, 2))
+    return h
+
+
+def _get_time_service(config: VoxtralConfig, bundle=None) -> tuple[VoxtralLLMService, list[dict]]:
+    """A stage offering get_time, and the arguments its handler ran with."""
+    ran: list[dict] = []
+
+    async def get_time(params):
+        ran.append(dict(params.arguments))
+        await params.result_callback("10:30")
+
+    service = VoxtralLLMService(config, bundle=bundle, tools=[GET_TIME])
+    service.register_function("get_time", get_time)
+    return service, ran
+
+
+def _first_turn(frames) -> list:
+    return frames[: next(i for i, f in enumerate(frames) if isinstance(f, LLMFullResponseEndFrame)) + 1]
+
+
+APOLOGY = "Sorry, something went wrong on my side. Could you say that again?"
+
+
+@pytest.mark.parametrize(
+    "written, name",
+    [
+        pytest.param("Ok. [TOOL_CALLS]get_time", "get_time", id="v11-name-only"),
+        pytest.param('[TOOL_CALLS]get_time[ARGS]{"tz": "Europe/Par', "get_time", id="v11-arguments-cut"),
+        pytest.param('[TOOL_CALLS]get_time[ARGS]{"tz": "UTC"}', "get_time", id="v11-no-end-of-answer"),
+        pytest.param('[TOOL_CALLS][{"name": "get_time", "arguments": {"tz": "Eu', "get_time", id="list-form"),
+    ],
+)
+async def test_a_call_cut_by_the_token_limit_is_not_run(tiny_bundle, monkeypatch, warnings, written, name):
+    """The limit stops the model inside a call: no handler runs (not even with ``{}``), the
+    model is not told (it made no mistake), a warning names the call, and the turn ends with the
+    apology; the next turn is answered as usual."""
+    ids = _written_ids(written)
+    forced = [*ids, *tiny_ids('"}'), EOS_TOKEN_ID]  # what the model would have gone on to write
+    spy = GenerateSpy(tiny_bundle.model, monkeypatch)
+    ForcedGeneration(tiny_bundle.model, monkeypatch, _force_on_new_turns(forced))
+    service, ran = _get_time_service(_config(max_new_tokens=len(ids)), tiny_bundle)
+    h = await _cut_turn_then_another(service)
+
+    assert ran == []
+    assert len(spy.calls) == 2  # the cut call, then the next turn: the model was not asked again
+    assert spy.calls[0]["output_ids"] == ids  # it was cut where the test meant
+    said = written.partition("[TOOL_CALLS]")[0]
+    first = _first_turn(h.down)
+    assert "".join(_texts(first)) == said  # what came before the call is spoken, nothing of it
+    assert not any(
+        isinstance(f, (FunctionCallsStartedFrame, FunctionCallInProgressFrame, FunctionCallResultFrame))
+        for f in [*h.down, *h.up]
+    )
+    # The turn ended, then the apology (its own TTS turn, outside the context), then the next turn.
+    apology = h.down.index(next(f for f in h.down if isinstance(f, TTSSpeakFrame)))
+    assert apology == len(first) and h.down[apology].text == APOLOGY
+    assert not h.down[apology].append_to_context
+    assert not [f for f in h.up if isinstance(f, ErrorFrame)]
+    cut = _cut_warnings(warnings)
+    assert len(cut) == 1 and f"'{name}'" in cut[0] and f"({len(ids)} new tokens)" in cut[0]
+    assert "voxtral.max_new_tokens" in cut[0]
+    assert service.turn_stats[0].error is not None and "cut off" in service.turn_stats[0].error
+    assert service.turn_stats[0].tool_calls == [] and service.turn_stats[1].error is None
+    # The context keeps what was said (no call, no result); the next turn was answered after it.
+    assert [t.role for t in service.history] == ["user", "assistant", "user", "assistant"]
+    assert service.history[1].text == said and service.history[3].text
+
+
+async def test_the_apology_for_a_cut_call_follows_error_reply(tiny_bundle, monkeypatch):
+    ids = [TOOL_CALLS_TOKEN_ID, *tiny_ids("get_time")]
+    ForcedGeneration(tiny_bundle.model, monkeypatch, _force_on_new_turns(ids))
+    service = VoxtralLLMService(_config(max_new_tokens=len(ids)), bundle=tiny_bundle, tools=[GET_TIME])
+    service.error_reply = ""  # say nothing
+    async with StageHarness(service) as h:
+        await h.send(make_utterance(1.0))
+        await h.wait_down(count(LLMFullResponseEndFrame))
+        await h.send(make_utterance(1.0, seed=2))
+        await h.wait_down(count(LLMFullResponseEndFrame, 2))
+    assert not [f for f in h.down if isinstance(f, TTSSpeakFrame)]
+    assert "cut off" in (service.turn_stats[0].error or "")
+
+
+async def test_a_call_that_ends_on_the_last_allowed_token_runs(tiny_bundle, monkeypatch):
+    """The model's end-of-answer on the last token it may write is no cut: the call runs."""
+    call = tiny_tool_call(("get_time", {"tz": "UTC"}))
+    ForcedGeneration(tiny_bundle.model, monkeypatch, _force_on_new_turns(call))
+    service, ran = _get_time_service(_config(max_new_tokens=len(call)), tiny_bundle)
+    async with StageHarness(service) as h:
+        await h.send(make_utterance(1.0))
+        await h.wait_down(count(LLMFullResponseEndFrame))
+    assert ran == [{"tz": "UTC"}] and service.turn_stats[0].error is None
+
+
+def test_the_engine_says_whether_the_limit_or_the_model_ended_an_answer(tiny_bundle, monkeypatch):
+    from voxtral_pipeline.engine import EngineRequest, VoxtralEngine
+
+    plans = [tiny_ids("abcdef"), [*tiny_ids("ab"), EOS_TOKEN_ID], [*tiny_ids("abc"), EOS_TOKEN_ID]]
+    ForcedGeneration(tiny_bundle.model, monkeypatch, lambda prompt: plans.pop(0))
+    engine = VoxtralEngine(tiny_bundle, kv_cache=False)
+    try:
+        conversation = [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+        results = [
+            engine.submit(EngineRequest("s", conversation=conversation, max_new_tokens=n)).result(60)
+            for n in (4, 8, 4)
+        ]
+    finally:
+        engine.close()
+    ends = [(r.finish_reason, r.completion_tokens) for r in results]
+    assert ends == [("length", 4), ("stop", 3), ("stop", 4)]  # the last ended on its last token
+
+
+@pytest.mark.parametrize("finish", ["tool_calls", "length"])
+@pytest.mark.parametrize("arguments", ["", '{"tz": "Europe/Pa'], ids=["name-only", "arguments-cut"])
+async def test_vllm_a_call_cut_by_max_tokens_is_not_run(tiny_bundle, warnings, finish, arguments):
+    """vLLM says ``tool_calls`` even for a call ``max_tokens`` cut (``length`` if it did not parse
+    one): either way the usage shows the limit was reached, and nothing runs (a name alone used to
+    run the handler with ``{}``)."""
+    from tests.vllm_protocol_server import VLLMProtocolServer
+
+    async with VLLMProtocolServer(tiny_bundle.tokenizer) as server:
+        server.tool_calls_next = [[("get_time", arguments)]]
+        server.cut_next = finish
+        service, ran = _get_time_service(_vllm_config(server.base_url, max_new_tokens=12))
+        h = await _cut_turn_then_another(service)
+
+    assert ran == []
+    assert len(server.requests) == 2  # the cut call, then the next turn
+    assert not any("tool_calls" in m for m in server.requests[1].body["messages"])
+    assert not [f for f in h.up if isinstance(f, ErrorFrame)]
+    assert [f.text for f in h.down if isinstance(f, TTSSpeakFrame)] == [APOLOGY]
+    assert "".join(_texts(h.down)) == "".join(server.reply_words)  # the second turn's answer
+    cut = _cut_warnings(warnings)
+    assert len(cut) == 1 and "'get_time'" in cut[0] and "(12 new tokens)" in cut[0]
+
+
+async def test_vllm_a_call_within_max_tokens_still_runs(tiny_bundle):
+    from tests.vllm_protocol_server import VLLMProtocolServer
+
+    async with VLLMProtocolServer(tiny_bundle.tokenizer) as server:
+        server.tool_calls_next = [[("get_time", {"tz": "UTC"})]]
+        # The stand-in counts the call as 3 tokens, and the end of sequence: 4 of the 5 allowed.
+        service, ran = _get_time_service(_vllm_config(server.base_url, max_new_tokens=5))
+        async with StageHarness(service) as h:
+            await h.send(make_utterance(1.0))
+            await h.wait_down(count(LLMFullResponseEndFrame))
+    assert ran == [{"tz": "UTC"}] and service.turn_stats[0].error is None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 
 import numpy as np
+import pytest
 from pipecat.frames.frames import ErrorFrame, LLMFullResponseEndFrame, LLMTextFrame, MetricsFrame
 from pipecat.metrics.metrics import LLMUsageMetricsData
 
@@ -12,7 +13,9 @@ from tests.vllm_protocol_server import VLLMProtocolServer
 from tests.voxtral_fixtures import StageHarness, count, make_utterance, tiny_bundle_fixture, wait_until  # noqa: F401
 from voxtral_pipeline.audio import pcm16_to_float
 from voxtral_pipeline.config import VoxtralConfig
+from voxtral_pipeline.engine import EngineResult
 from voxtral_pipeline.processors.voxtral import VoxtralLLMService
+from voxtral_pipeline.processors.voxtral.vllm import VLLMClient, finish_reason
 
 
 def _config(base_url: str, **vllm) -> VoxtralConfig:
@@ -136,3 +139,36 @@ async def test_unreachable_server_is_a_clear_error(tiny_bundle):
         await h.wait_up(count(ErrorFrame))
     errors = [f.error for f in h.up if isinstance(f, ErrorFrame)]
     assert len(errors) == 1 and "cannot reach vLLM at http://127.0.0.1:" in errors[0]
+
+
+@pytest.mark.parametrize(
+    "reported, completion_tokens, expected",
+    [
+        ("stop", 5, "stop"),
+        ("length", 64, "length"),
+        ("length", None, "length"),  # no usage sent: the server's word
+        ("tool_calls", 12, "stop"),
+        ("tool_calls", 64, "length"),  # vLLM's word for a call max_tokens cut: the usage tells
+        (None, None, None),  # the stream never said how it ended
+    ],
+)
+def test_finish_reason_reads_the_usage_where_vllm_says_tool_calls(reported, completion_tokens, expected):
+    assert finish_reason(reported, completion_tokens, 64) == expected
+
+
+async def test_the_stream_says_whether_max_tokens_cut_the_answer(tiny_bundle):
+    async with VLLMProtocolServer(tiny_bundle.tokenizer) as server:
+        client = VLLMClient(_config(server.base_url, api_key=None).vllm, "s")
+        try:
+            ends = []
+            for max_tokens in (3, 64):
+                body = client.chat_body(
+                    [{"role": "user", "content": "Hi"}], max_tokens=max_tokens, temperature=0.0, top_p=1.0
+                )
+                result = EngineResult()
+                text = "".join([t async for t in client.stream_chat(body, result, {})])
+                ends.append((result.finish_reason, text))
+        finally:
+            await client.close()
+    words = server.reply_words
+    assert ends == [("length", "".join(words[:3])), ("stop", "".join(words))]

@@ -7,7 +7,9 @@ messages accepted by mistral-common's chat validator (the same ``apply_chat_temp
 --enable-auto-tool-choice --tool-call-parser mistral``: ``tool_choice: "auto"`` is refused unless
 ``auto_tool_choice`` is on, assistant ``tool_calls`` and ``tool`` messages are checked, and a call
 queued in ``tool_calls_next`` is streamed as ``tool_calls`` deltas (finish reason ``tool_calls``)
-the way vLLM's Mistral tool parser streams one. It keeps every request (with its decoded audio)
+the way vLLM's Mistral tool parser streams one; ``cut_next`` ends such a stream as if ``max_tokens``
+had cut the call (vLLM still says ``tool_calls`` then: only the usage shows the limit was hit). An
+answer the limit cuts ends with ``length``, as vLLM's does. It keeps every request (with its decoded audio)
 for the test to check, and can be told to fail, hang or drop the next request.
 """
 
@@ -60,8 +62,12 @@ class VLLMProtocolServer:
         self.auto_tool_choice = (
             True  # as if started with --enable-auto-tool-choice --tool-call-parser mistral
         )
-        #: Calls to stream, one list per request that ends with a user message: (name, arguments).
-        self.tool_calls_next: list[list[tuple[str, dict[str, Any]]]] = []
+        #: Calls to stream, one list per request that ends with a user message: (name, arguments),
+        #: the arguments as an object or as the raw JSON text streamed (partial, or empty).
+        self.tool_calls_next: list[list[tuple[str, dict[str, Any] | str]]] = []
+        #: End the next call stream as if max_tokens cut it, with this finish_reason (vLLM's own
+        #: is "tool_calls": it reports that whenever its parser streamed a call).
+        self.cut_next: str | None = None
         self._runner: web.AppRunner | None = None
         self._release = asyncio.Event()
         self.base_url = ""
@@ -190,7 +196,17 @@ class VLLMProtocolServer:
 
         await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
         if body.get("tools") and body["messages"][-1]["role"] == "user" and self.tool_calls_next:
-            await self._stream_tool_calls(send, base, self.tool_calls_next.pop(0))
+            streamed = await self._stream_tool_calls(send, base, self.tool_calls_next.pop(0))
+            finish, tokens = "tool_calls", streamed + 1  # the end-of-sequence token counts
+            if self.cut_next is not None:
+                finish, tokens, self.cut_next = self.cut_next, body.get("max_tokens", streamed), None
+            await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+            usage = {
+                "prompt_tokens": received.prompt_tokens,
+                "completion_tokens": tokens,
+                "total_tokens": received.prompt_tokens + tokens,
+            }
+            await send({**base, "choices": [], "usage": usage})
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp
@@ -203,7 +219,8 @@ class VLLMProtocolServer:
                 assert request.transport is not None
                 request.transport.close()
                 return resp
-        await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+        finish = "length" if len(words) < len(self.reply_words) else "stop"
+        await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         usage = {
             "prompt_tokens": received.prompt_tokens,
             "completion_tokens": len(words),
@@ -215,13 +232,15 @@ class VLLMProtocolServer:
         return resp
 
     async def _stream_tool_calls(
-        self, send: Any, base: dict[str, Any], calls: list[tuple[str, dict[str, Any]]]
-    ) -> None:
-        """As vLLM's Mistral tool parser streams: the name (and an id) first, then the arguments in pieces."""
+        self, send: Any, base: dict[str, Any], calls: list[tuple[str, dict[str, Any] | str]]
+    ) -> int:
+        """As vLLM's Mistral tool parser streams: the name (and an id) first, then the arguments in
+        pieces (none when they are empty). Returns the deltas sent (standing for tokens)."""
+        sent = 0
         for index, (name, arguments) in enumerate(calls):
             call_id = "".join(random.choices(string.ascii_letters + string.digits, k=9))
-            text = json.dumps(arguments)
-            pieces = [text[: len(text) // 2], text[len(text) // 2 :]]
+            text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+            pieces = [p for p in (text[: len(text) // 2], text[len(text) // 2 :]) if p]
             first = {
                 "index": index,
                 "type": "function",
@@ -234,7 +253,8 @@ class VLLMProtocolServer:
             for piece in pieces:
                 delta = {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}
                 await send({**base, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
-        await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+            sent += 1 + len(pieces)
+        return sent
 
     async def _transcribe(self, request: web.Request) -> web.Response:
         if (denied := self._check_auth(request)) is not None:

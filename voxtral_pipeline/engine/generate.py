@@ -151,14 +151,14 @@ class Generator:
         new = out.sequences[0, len(ids) :].tolist()
         r.token_ids.extend(new)
         self.kv.keep(session, ids + new, out.cache if self._cache_kwarg == "cache" else out.past_key_values)
-        done = (
-            req.cancel.is_set()
-            or r.completion_tokens >= req.max_new_tokens
-            or (new and new[-1] == b.eos_token_id)
-            or len(new) == 0
-            or r.completion_tokens == before
-        )
-        return check.yielded and not done
+        ended = bool(new) and new[-1] == b.eos_token_id
+        at_limit = r.completion_tokens >= req.max_new_tokens
+        done = req.cancel.is_set() or at_limit or ended or len(new) == 0 or r.completion_tokens == before
+        if check.yielded and not done:
+            return True
+        # The limit only counts when the model had not ended by itself on its last allowed token.
+        r.finish_reason = None if req.cancel.is_set() else "length" if at_limit and not ended else "stop"
+        return False
 
     def refresh(self, job: Job) -> None:
         """Prefill the session's next context (everything before the next user turn) while idle."""
@@ -172,11 +172,12 @@ class Generator:
         cut = len(ids) - 1 - ids[::-1].index(inst)
         ids = ids[:cut]
         r.prompt_tokens = len(ids)
+        if self.kv.prefix(req.session_id, ids) >= len(ids):
+            r.cached_tokens = len(ids)
+            return  # all there already: the cache is left whole (the next turn may share more of it)
         cache, p = self.kv.take(req.session_id, ids + [inst])
         p = min(p, len(ids))
         r.cached_tokens = p
-        if p >= len(ids):
-            return
         suffix = ids[p:]
         feats = self.prompts.features(self.prompts.suffix_audios(audios, suffix))
         r.prepare_s = time.perf_counter() - t0

@@ -99,7 +99,20 @@ class SessionKVStore:
                 self._caches.move_to_end(session_id)
         if entry is None:
             return self._new(needed), 0
-        cached = entry.ids
+        p = min(self._common_prefix(entry.ids, ids), len(ids) - 1)  # one new token at least, for the logits
+        crop(entry.cache, p)
+        # Cropped in place: the entry must say so, whether or not the taker keeps a new one.
+        entry.ids = entry.ids[:p]
+        return entry.cache, p
+
+    def prefix(self, session_id: str, ids: list[int]) -> int:
+        """How much of ``ids`` the session's cache holds; unlike :meth:`take`, the cache is untouched."""
+        with self._lock:
+            entry = self._caches.get(session_id) if self.enabled else None
+            cached = entry.ids if entry is not None else []
+        return self._common_prefix(cached, ids)
+
+    def _common_prefix(self, cached: list[int], ids: list[int]) -> int:
         p = 0
         limit = min(len(cached), len(ids))
         while p < limit and cached[p] == ids[p]:
@@ -108,10 +121,7 @@ class SessionKVStore:
         audio, begin = self._tokens.audio, self._tokens.begin_audio
         while 0 < p < len(ids) and ids[p] == audio and ids[p - 1] in (audio, begin):
             p -= 1
-        if p >= len(ids):
-            p = len(ids) - 1  # at least one new token, for the logits
-        crop(entry.cache, p)
-        return entry.cache, p
+        return p
 
     def keep(self, session_id: str | None, ids: list[int], cache: Any) -> None:
         if not (self.enabled and session_id):

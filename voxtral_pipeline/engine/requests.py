@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from voxtral_pipeline.engine.generate import JobStreamer
 
 JobKind = Literal["answer", "transcribe", "refresh", "warmup"]
+FinishReason = Literal["stop", "length"]
 # Queue classes: lower runs first.
 NEW_ANSWER, RESUMED_ANSWER, BACKGROUND = 0, 1, 2
 
@@ -34,6 +35,9 @@ class EngineResult:
         generate_calls: ``generate()`` calls (1, plus one per resumption after yielding).
         preemptions: Times this answer yielded the engine to another session.
         cancelled: Stopped by its cancel event.
+        finish_reason: Why generation ended, in OpenAI's words: ``"stop"`` (the model ended its
+            answer), ``"length"`` (``max_new_tokens`` cut it: what it wrote may be incomplete, a
+            function call included); None when cancelled or not generated.
         queued_s: From submission to the start of its first slice.
         prepare_s: Tokenizing and mel features (first slice).
         prefill_s: Prefill time: a refresh's forward pass; for answers, each slice's time to its
@@ -52,6 +56,7 @@ class EngineResult:
     generate_calls: int = 0
     preemptions: int = 0
     cancelled: bool = False
+    finish_reason: FinishReason | None = None
     queued_s: float = 0.0
     prepare_s: float = 0.0
     prefill_s: float = 0.0

@@ -91,6 +91,7 @@ from voxtral_pipeline.processors.voxtral.tools import (
     ToolCall,
     ToolCallStream,
     check_function_name,
+    cut_off_message,
 )
 
 #: Where spoken turns come from: pipecat's user aggregator (its ``UserStarted/StoppedSpeakingFrame``
@@ -110,6 +111,8 @@ class VoxtralLLMService(LLMService):
     generation fails sends a non-fatal ``ErrorFrame`` upstream and :attr:`error_reply` to be spoken,
     kept out of the conversation, so the user hears why nothing (or only part of an answer) came
     and asks again: by default (None) the session language's apology; an empty string says nothing.
+    A function call cut off by the token limit is not run: a warning is logged and
+    :attr:`error_reply` is spoken too (see docs/tools.md).
     """
 
     Settings = VoxtralLLMSettings
@@ -549,7 +552,6 @@ class VoxtralLLMService(LLMService):
             turn.stop()
             raise
         except Exception as e:
-            failed = True
             turn.stats.error = f"{type(e).__name__}: {e}"
             await self.cancel_ttfb_metrics()
             what = "ran out of memory" if isinstance(e, torch.OutOfMemoryError) else "failed"
@@ -558,8 +560,6 @@ class VoxtralLLMService(LLMService):
                 exception=e,
                 category=ErrorCategory.UNKNOWN,
             )
-        else:
-            failed = False
         finally:
             self._close_turn(turn)
         await self.stop_processing_metrics()
@@ -567,8 +567,10 @@ class VoxtralLLMService(LLMService):
         apology = self.error_reply
         if apology is None:
             apology = language(self._config.language).apology
-        if failed and apology and not turn.stopped and turn.speculation is None:
-            # Its own TTS turn, after the (partial) answer; kept out of the model's context.
+        if turn.stats.error and apology and not turn.stopped and turn.speculation is None:
+            # Its own TTS turn, after the (partial) answer; kept out of the model's context. Said
+            # for a failure and for a call the token limit cut off alike: the user asked for
+            # something and would otherwise wait in silence for it.
             await self.push_frame(TTSSpeakFrame(apology, append_to_context=False))
         self._start_idle_work()
 
@@ -614,6 +616,12 @@ class VoxtralLLMService(LLMService):
                 # user may not have finished. (Speculation is skipped when tools are offered; this
                 # is a model calling on its own.)
                 logger.debug(f"{self}: speculative turn {turn.index} made a function call; not run")
+                break
+            if result.finish_reason == "length":
+                # The limit cut the call: its name or arguments may be partial, so nothing runs, and
+                # the model is not told (it erred in nothing; the same limit would cut it again).
+                turn.stats.error = cut_off_message(stream.names(), job.max_new_tokens)
+                logger.warning(f"{self}: turn {turn.index}: {turn.stats.error}")
                 break
             if round_index == rounds:
                 logger.warning(f"{self}: turn {turn.index}: still calling functions after {rounds} rounds")
@@ -770,6 +778,7 @@ def _merged(total: EngineResult, more: EngineResult) -> EngineResult:
     total.prepare_s += more.prepare_s
     total.prefill_s += more.prefill_s
     total.cancelled = more.cancelled
+    total.finish_reason = more.finish_reason
     if total.first_token_s is None:
         total.first_token_s = more.first_token_s
     return total

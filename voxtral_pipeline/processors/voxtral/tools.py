@@ -11,7 +11,9 @@ the tokenizer version (both are parsed, like vLLM's Mistral tool parser):
 
 :class:`ToolCallStream` sits between the token stream and the chunker: text before the marker is
 spoken, everything from the marker on is held back and parsed when the model stops. A call that
-cannot be parsed carries its error, which goes back to the model as the call's result.
+cannot be parsed carries its error, which goes back to the model as the call's result. A call cut
+off by the token limit is another matter (the model did nothing wrong, and its name or arguments
+may be partial): it is never run nor sent back; :func:`cut_off_message` says what was lost.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ CALL_ID = "[CALL_ID]"
 _NAME_OK = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")  # mistral-common's rule for function names
 _ID_OK = re.compile(r"^[a-zA-Z0-9]{9}$")  # and for call ids
 _ALNUM = string.ascii_letters + string.digits
+# A call object's name in the list form (not an argument's "name": those follow "arguments": ).
+_LISTED_NAME = re.compile(r'(?:^|\[|\},)\s*\{\s*"name"\s*:\s*"([^"]*)')
 
 FunctionHandler = Callable[[FunctionCallParams], Awaitable[Any]]
 
@@ -192,10 +196,34 @@ class ToolCallStream:
             calls.extend(parse_tool_calls("".join(self._tool_text)))
         return calls
 
+    def names(self) -> list[str]:
+        """The functions the model began to call, each name as far as it was written (for messages)."""
+        names = [c.name for c in self._structured]
+        for piece in "".join(self._tool_text or []).split(TOOL_CALLS):
+            if ARGS in piece or not piece.lstrip().startswith(("[", "{")):  # v11+: the name first
+                name = piece.partition(ARGS)[0].partition(CALL_ID)[0].strip()
+                names.extend([name] if name else [])
+            else:
+                names.extend(n for n in _LISTED_NAME.findall(piece.strip()) if n)
+        return names
+
 
 def openai_tool_calls(deltas: dict[int, dict[str, str]]) -> list[ToolCall]:
     """Calls assembled from streamed OpenAI ``tool_calls`` deltas (by index: id, name, arguments)."""
     return [_call(d.get("name"), d.get("arguments") or "", d.get("id")) for _, d in sorted(deltas.items())]
+
+
+def cut_off_message(names: list[str], max_new_tokens: int) -> str:
+    """What a log says when the token limit cut the answer inside a function call."""
+    limit = f"by the token limit ({max_new_tokens} new tokens)"
+    if not names:
+        what = f"a function call was cut off {limit} before its name was written; nothing is run"
+    elif len(names) == 1:
+        what = f"the function call to {names[0][:64]!r} was cut off {limit} and is not run"
+    else:
+        listed = ", ".join(repr(n[:64]) for n in names)
+        what = f"the last of the function calls to {listed} was cut off {limit}; none of them is run"
+    return f"{what}; raise voxtral.max_new_tokens (or the max_tokens setting) above the longest call"
 
 
 def check_function_name(name: str) -> None:

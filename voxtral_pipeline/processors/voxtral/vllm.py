@@ -25,6 +25,7 @@ import aiohttp
 from voxtral_pipeline.audio import wav_bytes
 from voxtral_pipeline.config import VLLMConfig
 from voxtral_pipeline.engine import EngineResult
+from voxtral_pipeline.engine.requests import FinishReason
 from voxtral_pipeline.models.voxtral import SAMPLE_RATE
 
 
@@ -114,6 +115,8 @@ class VLLMClient:
 
         Streamed ``tool_calls`` deltas are gathered into ``tool_calls`` (by index: ``id``,
         ``name``, ``arguments`` as the JSON text so far), never yielded as text.
+        ``result.finish_reason`` is ``"length"`` when ``max_tokens`` ended the answer (see
+        :func:`finish_reason`), else ``"stop"``.
 
         Raises:
             VLLMError: connection failure, timeout, HTTP error or a broken stream.
@@ -121,6 +124,8 @@ class VLLMClient:
         url = self.config.base_url.rstrip("/") + "/chat/completions"
         t0 = time.perf_counter()
         result.generate_calls = 1
+        reported: str | None = None  # the server's finish_reason
+        completion_tokens: int | None = None
         try:
             async with self._session().post(url, json=body, headers=self._headers()) as resp:
                 if resp.status != 200:
@@ -154,7 +159,10 @@ class VLLMClient:
                         cached = int(details.get("cached_tokens") or 0)
                         result.cached_tokens = cached
                         result.prefill_tokens = result.prompt_tokens - cached
+                        if usage.get("completion_tokens") is not None:
+                            completion_tokens = int(usage["completion_tokens"])
                     for choice in chunk.get("choices") or []:
+                        reported = choice.get("finish_reason") or reported
                         delta = choice.get("delta") or {}
                         for call in delta.get("tool_calls") or []:
                             first = False
@@ -167,6 +175,7 @@ class VLLMClient:
                             result.token_ids.append(-1)  # ids are not streamed; count the chunks
                             result.text += text
                             yield text
+            result.finish_reason = finish_reason(reported, completion_tokens, body.get("max_tokens"))
         except VLLMError:
             raise
         except (TimeoutError, asyncio.TimeoutError) as e:
@@ -201,6 +210,24 @@ class VLLMClient:
                 return str((await resp.json()).get("text", "")).strip()
         except (TimeoutError, asyncio.TimeoutError, aiohttp.ClientError) as e:
             raise VLLMError(f"vLLM transcription failed: {type(e).__name__}") from e
+
+
+def finish_reason(
+    reported: str | None, completion_tokens: int | None, max_tokens: int | None
+) -> FinishReason | None:
+    """``"length"`` when the token limit ended the answer, ``"stop"`` when the model did (None: no end seen).
+
+    vLLM reports ``"tool_calls"`` for any answer in which its tool parser streamed a call, even
+    one ``max_tokens`` cut off (its ``finish_reason`` is overridden whenever tools were streamed),
+    so the usage is read too: an answer that used every token it was allowed was cut. (One whose
+    end-of-sequence token fell on exactly the last allowed token counts as cut too: the server's
+    answer does not tell them apart.)
+    """
+    if reported == "length":
+        return "length"
+    if completion_tokens is not None and max_tokens is not None and completion_tokens >= max_tokens:
+        return "length"
+    return "stop" if reported is not None else None
 
 
 def _gather_tool_call(calls: dict[int, dict[str, str]] | None, delta: dict[str, Any]) -> None:
