@@ -11,8 +11,11 @@ so its resident memory and CPU time are the server's alone.
    (``python -m voxtral_pipeline.testing.flood``, its own process) sends speech as fast as the
    socket takes it, up to ``--flood-audio-secs`` of audio or ``--flood-wall-secs``. The bot
    disconnects a flooder; with ``--reconnect`` it connects again after 0.2 s, every time
-   (connection churn on top of the flood). Server RSS is sampled every 0.25 s in both blocks, its
-   CPU time per block;
+   (connection churn on top of the flood), and the bot refuses it while its address is in the
+   flood cooldown. The flooder connects from ``--flood-from`` (127.0.0.2), the neighbour from
+   127.0.0.1: the cooldown is per address, and two loopback addresses are how two hosts look on one
+   machine (with one address the neighbour would be refused with the flooder). Server RSS is
+   sampled every 0.25 s in both blocks, its CPU time per block;
 3. after: both gone; after ``--settle-secs`` the server's RSS again.
 
 Goals (issue 17): the neighbour's voice-to-voice p50 within 20 % of its unflooded p50 (same run),
@@ -129,6 +132,8 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     ]
     if args.reconnect:
         flood_args.append("--reconnect")
+    if args.flood_from:
+        flood_args += ["--local-addr", args.flood_from]
     quiet: list[float | None] = []
     flooded: list[float | None] = []
     cpu: dict[str, list[float]] = {"unflooded": [], "flooded": []}
@@ -178,6 +183,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         "flood": {
             "blocks": floods,
             "reconnect": args.reconnect,
+            "from": args.flood_from or "127.0.0.1",
             "audio_secs_cap_per_block": args.flood_audio_secs,
             "wall_secs_cap_per_block": args.flood_wall_secs,
         },
@@ -208,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flood-lead-secs", type=float, default=2.0)
     p.add_argument("--settle-secs", type=float, default=5.0)
     p.add_argument("--reconnect", action="store_true", help="the flooder connects again when cut off")
+    p.add_argument(
+        "--flood-from",
+        default="127.0.0.2",
+        help="loopback address the flooder connects from ('': 127.0.0.1, the neighbour's own)",
+    )
     args = p.parse_args(argv)
     from loguru import logger
 

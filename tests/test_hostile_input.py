@@ -318,3 +318,67 @@ async def test_a_client_flooding_audio_is_held_to_real_time_then_cut_off_and_its
             assert pacer.taken_secs <= elapsed * PACE + pacer.ahead_secs + 0.05, (pacer.taken_secs, elapsed)
             await poll(lambda: len(bot.sessions) == 1, "the flooder's session to end")
             assert not good.closed.is_set()
+
+
+async def test_a_flooder_cut_off_is_refused_new_sessions_for_its_cooldown_and_other_addresses_are_not():
+    """The ``--reconnect`` flooder of the flood bench: cut off, it may not open a session again at once.
+
+    The flooder connects from 127.0.0.2 and everyone else from 127.0.0.1: two hosts, as the bot
+    sees them. The cooldown's clock is the test's, so nothing here waits for it to pass.
+    """
+    import websockets
+    from loguru import logger
+
+    from voxtral_pipeline.server import WS_CLOSE_COOLDOWN
+    from voxtral_pipeline.transports.websocket import WS_CLOSE_FLOOD
+
+    config = dummy_config(
+        "websocket",
+        **{"transport.server.max_sessions": 3, "transport.server.flood_cooldown_secs": 30.0},
+    )
+    lines: list[str] = []
+    async with running_server(config) as bot:
+        # Added once the models are loaded: importing kokoro replaces loguru's sinks.
+        sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
+        try:
+            now = [1000.0]
+            bot.cooldown.clock = lambda: now[0]
+            async with WSClient(bot.url) as neighbour, WSClient(bot.url, "127.0.0.2") as flooder:
+                await poll(lambda: len(bot.sessions) == 2, "both sessions to start")
+                silence = bytes(2 * 16000 * 5)
+                with pytest.raises(websockets.ConnectionClosed):
+                    for _ in range(20):  # 100 s of audio as fast as the socket takes it
+                        await flooder.stream(silence, realtime=False)
+                    await flooder._ws.recv()
+                await flooder.closed.wait()
+                assert flooder._ws.close_code == WS_CLOSE_FLOOD
+                assert len(bot.cooldown) == 1
+
+                # Back at once, and again: refused before any pipeline is built, logged once.
+                built = bot.sessions_built
+                for _ in range(3):
+                    async with websockets.connect(bot.url, local_addr=("127.0.0.2", 0)) as again:
+                        with pytest.raises(websockets.ConnectionClosed) as closed:
+                            await again.recv()
+                    assert closed.value.rcvd.code == WS_CLOSE_COOLDOWN
+                    assert closed.value.rcvd.reason == (
+                        "this address was cut off for flooding; try again in 30 s"
+                    )
+                assert bot.sessions_built == built and bot.cooldown.refused == 3
+                assert sum("refusing new sessions from 127.0.0.2" in line for line in lines) == 1
+
+                # Another address is not affected, and the neighbour never noticed.
+                async with WSClient(bot.url) as other:
+                    await poll(lambda: bot.sessions_built == built + 1, "the other address's session")
+                    await other.stream(bytes(2 * 16000 // 5), realtime=False)
+                    assert not other.closed.is_set()
+                assert not neighbour.closed.is_set()
+
+                # Once the cooldown is over the flooder's address is admitted again.
+                now[0] += 30.5
+                async with WSClient(bot.url, "127.0.0.2") as back:
+                    await poll(lambda: bot.sessions_built == built + 2, "the flooder's new session")
+                    await back.stream(bytes(2 * 16000 // 5), realtime=False)
+                    assert not back.closed.is_set()
+        finally:
+            logger.remove(sink)

@@ -276,3 +276,63 @@ def test_empty_token_is_an_error():
     for token in ("", " "):
         with pytest.raises(ConfigError, match="empty token"):
             load_config(overrides={"transport.server.token": token}, environ={})
+
+
+# --- A flooder cut off is refused for a while (its address, not everyone on the machine) ------------
+
+
+def test_the_flood_cooldown_doubles_for_repeat_offences_up_to_its_bound_then_forgets():
+    from voxtral_pipeline.server_guard import FloodCooldown
+
+    now = [0.0]
+    cool = FloodCooldown(10.0, 50.0, clock=lambda: now[0])
+    assert cool.retry_after("203.0.113.7") is None
+    assert cool.strike("203.0.113.7") == 10.0
+    assert cool.retry_after("203.0.113.7") == 10.0 and cool.retry_after("203.0.113.8") is None
+    now[0] += 10.0
+    assert cool.retry_after("203.0.113.7") is None  # served its time
+    assert [cool.strike("203.0.113.7") for _ in range(4)] == [20.0, 40.0, 50.0, 50.0]
+    now[0] += 50.0 + 50.0 + 1  # a clean max_secs after its cooldown: forgotten at the next strike
+    assert cool.strike("198.51.100.1") == 10.0
+    assert len(cool) == 1 and cool.strike("203.0.113.7") == 10.0
+
+
+def test_the_flood_cooldown_table_is_bounded():
+    from voxtral_pipeline.server_guard import FloodCooldown
+
+    now = [0.0]
+    cool = FloodCooldown(60.0, 600.0, max_entries=8, clock=lambda: now[0])
+    for i in range(1000):
+        cool.strike(f"10.0.{i // 256}.{i % 256}")
+    assert len(cool) == 8
+    assert cool.retry_after("10.0.3.231") is not None  # the newest are kept
+    assert cool.retry_after("10.0.0.0") is None  # the oldest went
+
+
+def test_the_flood_cooldown_keys_an_ipv6_host_by_its_64():
+    from voxtral_pipeline.server_guard import FloodCooldown, address_key
+
+    assert address_key("2001:db8:1:2::5") == address_key("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert address_key("2001:db8:1:3::5") != address_key("2001:db8:1:2::5")
+    assert address_key("::ffff:192.0.2.1") == "192.0.2.1"
+    cool = FloodCooldown(10.0, 10.0, clock=lambda: 0.0)
+    cool.strike("2001:db8:1:2::5")
+    assert cool.retry_after("2001:db8:1:2::abcd") == 10.0 and cool.retry_after("2001:db8:9::1") is None
+
+
+async def test_an_address_in_its_cooldown_gets_429_for_start_and_offers_and_no_session(webrtc):
+    port = webrtc.port
+    webrtc.cooldown.strike("127.0.0.1")
+    built = webrtc.sessions_built
+    offer = {"sdp": await _offer_sdp(), "type": "offer"}
+    async with aiohttp.ClientSession() as http:
+        for path, body in (("/start", {}), ("/api/offer", offer)):
+            async with http.post(f"http://127.0.0.1:{port}{path}", json=body) as r:
+                assert r.status == 429, path
+                assert r.headers["Retry-After"] == "60"
+                assert "cut off for flooding" in (await r.json())["error"]
+    # Another host (another loopback address) is served as usual.
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))) as http:
+        async with http.post(f"http://127.0.0.1:{port}/start", json={}) as r:
+            assert r.status == 200 and "sessionId" in await r.json()
+    assert webrtc.sessions_built == built

@@ -548,6 +548,24 @@ class ServerConfig(_Strict):
         description="A WebSocket client that has had this much audio dropped for running ahead of real "
         "time is disconnected (close 1008); None: never.",
     )
+    flood_cooldown_secs: float | None = Field(
+        60.0,
+        gt=0.0,
+        le=86400.0,
+        allow_inf_nan=False,
+        description="After a flood disconnect the client's address (IPv6: its /64) is refused new "
+        "sessions for this long, before any pipeline is built (WebSocket: close 1008 with the seconds "
+        "left; offers and /start: HTTP 429 with Retry-After); each repeat offence doubles it. None: no "
+        "cooldown.",
+    )
+    flood_cooldown_max_secs: float = Field(
+        900.0,
+        gt=0.0,
+        le=7 * 86400,
+        allow_inf_nan=False,
+        description="Longest cooldown for repeat offences; an address is forgotten this long after its "
+        "cooldown ends.",
+    )
     allowed_hosts: list[str] = Field(
         default_factory=list,
         description="`Host` header names accepted besides the bound address (and localhost, 127.0.0.1, "

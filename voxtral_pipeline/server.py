@@ -23,7 +23,10 @@ that starts or touches a session needs ``Authorization: Bearer TOKEN``, ``?token
 cookie a page loaded with ``?token=TOKEN`` gets; CORS answers only ``allowed_origins``; at most
 ``max_sessions`` at once (HTTP 429 for an offer, close code 1013 for a WebSocket); an offer without
 usable audio is a 400; a session must prove itself: one that has received no audio within
-``media_timeout_secs`` of starting, or for ``audio_idle_secs``, is ended and its slot freed.
+``media_timeout_secs`` of starting, or for ``audio_idle_secs``, is ended and its slot freed; an
+address whose WebSocket was cut off for flooding is refused new sessions for
+``flood_cooldown_secs`` (doubled per repeat offence), before any pipeline is built (close 1008
+with the seconds left; HTTP 429 with ``Retry-After`` for ``/start`` and offers).
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ import ctypes
 import gc
 import hmac
 import json
+import math
 import socket
 import time
 import uuid
@@ -49,12 +53,14 @@ from pipecat.frames.frames import InputAudioRawFrame
 from pipecat.observers.base_observer import BaseObserver, FramePushed
 
 from voxtral_pipeline.config import PipelineConfig
-from voxtral_pipeline.server_guard import RequestGuard, allowed_hosts, is_loopback
+from voxtral_pipeline.server_guard import FloodCooldown, RequestGuard, allowed_hosts, is_loopback
 from voxtral_pipeline.session import SharedModels, build_services
 from voxtral_pipeline.transports.events import ClientEventsObserver
 
 WS_CLOSE_BAD_TOKEN = 4401
 WS_CLOSE_BUSY = 1013  # "try again later"
+#: Close code for a WebSocket from an address in its flood cooldown ("policy violation").
+WS_CLOSE_COOLDOWN = 1008
 #: Ended sessions kept (for /status, debugging and tests). A pipeline is ~25 MB with the turn
 #: stage's ONNX models, so only the newest ended session keeps its pipeline; the others keep their
 #: id, kind and info.
@@ -201,11 +207,19 @@ class BotServer:
         self.starts: dict[str, float] = {}
         #: ``/start`` ids whose offer came -> their session (peer connection) id.
         self.started: dict[str, str] = {}
+        #: Sessions whose pipeline was built, ever (a refused client never adds one).
+        self.sessions_built = 0
+        server_cfg = config.transport.server
+        #: Addresses cut off for flooding, refused new sessions for a while (None: no cooldown).
+        self.cooldown = (
+            FloodCooldown(server_cfg.flood_cooldown_secs, server_cfg.flood_cooldown_max_secs)
+            if server_cfg.flood_cooldown_secs is not None
+            else None
+        )
         self._server = None
         self._serve_task: asyncio.Task | None = None
         self._webrtc = None
         self.app = self._build_app()
-        server_cfg = config.transport.server
         #: What uvicorn serves: every route of ``app``, present or added later, behind the guard.
         self.asgi = RequestGuard(
             self.app,
@@ -241,6 +255,20 @@ class BotServer:
 
     def _request_authorized(self, request: Request) -> bool:
         return self._authorized(request.headers, request.query_params, request.cookies)
+
+    def _cooling_down(self, client) -> float | None:
+        """Seconds the client's address is still refused for after a flood cut-off (None: admitted)."""
+        if self.cooldown is None:
+            return None
+        return self.cooldown.retry_after(client.host if client is not None else None)
+
+    def _cooldown_response(self, left: float) -> JSONResponse:
+        secs = math.ceil(left)
+        return JSONResponse(
+            {"error": f"this address was cut off for flooding; try again in {secs} s"},
+            status_code=429,
+            headers={"Retry-After": str(secs)},
+        )
 
     def _busy_message(self) -> str:
         n = self.config.transport.server.max_sessions
@@ -411,6 +439,9 @@ class BotServer:
             from_start = not renegotiation and self.starts.pop(start_id or "", None) is not None
             if start_id is not None and not renegotiation and not from_start:
                 return JSONResponse({"error": "no such session (POST /start first)"}, status_code=404)
+            left = None if renegotiation or from_start else self._cooling_down(request.client)
+            if left is not None:
+                return self._cooldown_response(left)
             if (
                 not renegotiation
                 and not from_start
@@ -487,6 +518,9 @@ class BotServer:
             transport = data.get("transport", "webrtc")
             if transport != "webrtc":
                 return JSONResponse({"error": f"this bot serves webrtc, not {transport!r}"}, status_code=400)
+            left = self._cooling_down(request.client)
+            if left is not None:
+                return self._cooldown_response(left)
             if self.active_sessions >= self.config.transport.server.max_sessions:
                 logger.info("webrtc: refused a /start, at the limit")
                 return JSONResponse({"error": self._busy_message()}, status_code=429)
@@ -542,6 +576,7 @@ class BotServer:
     def _start_webrtc_session(self, connection, build_transport) -> None:
         transport = build_transport(self.config, connection)
         session = Session(connection.pc_id, "webrtc")
+        self.sessions_built += 1
         session.voice = build_session(self.config, transport, self.models, observers=[session.audio])
         session.info["close"] = connection.disconnect
 
@@ -575,14 +610,26 @@ class BotServer:
                 logger.info("websocket: refused a client with a wrong or missing token")
                 await websocket.close(WS_CLOSE_BAD_TOKEN, "invalid or missing token")
                 return
+            left = self._cooling_down(websocket.client)
+            if left is not None:  # logged once per cooldown by the table
+                why = f"this address was cut off for flooding; try again in {math.ceil(left)} s"
+                await websocket.close(WS_CLOSE_COOLDOWN, why)
+                return
             if self.active_sessions >= self.config.transport.server.max_sessions:
                 logger.info("websocket: refused a session, at the limit")
                 await websocket.close(WS_CLOSE_BUSY, self._busy_message())
                 return
             session = Session(uuid.uuid4().hex[:12], "websocket")
             self.sessions[session.id] = session
+            self.sessions_built += 1
+            host = websocket.client.host if websocket.client is not None else None
+
+            def flooded() -> None:
+                if self.cooldown is not None:
+                    self.cooldown.strike(host)
+
             try:
-                transport = build_websocket_transport(self.config, websocket)
+                transport = build_websocket_transport(self.config, websocket, on_flood=flooded)
                 session.voice = build_session(self.config, transport, self.models, observers=[session.audio])
 
                 @transport.event_handler("on_client_disconnected")

@@ -15,14 +15,18 @@ whatever route it is for (routes added later get the same checks):
   larger than the limit is ever held in memory.
 
 This is Jupyter's ``allow_origin`` / host allow-list and nginx's ``client_max_body_size``, for a
-voice bot.
+voice bot. :class:`FloodCooldown` is the server's table of addresses cut off for flooding, which it
+consults before it builds a session.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -192,3 +196,100 @@ def allowed_hosts(host: str, extra: Iterable[str]) -> list[str] | None:
     if is_loopback(host):
         names.update(LOOPBACK_NAMES)
     return sorted(names)
+
+
+#: Addresses the cooldown table holds at most; past it the entry struck longest ago goes.
+COOLDOWN_TABLE_MAX = 4096
+
+
+def address_key(host: str | None) -> str:
+    """Who a cooldown applies to: an IPv4 address, or an IPv6 address's /64 (one host's share).
+
+    An IPv6 host is usually given a whole /64 and can pick any address in it; an IPv4-mapped
+    address counts as the IPv4 address. Anything that is not an address (a Unix socket, a test
+    client) is its own key.
+    """
+    if not host:
+        return ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.version == 6:
+        return str(ipaddress.ip_network(f"{ip}/64", strict=False))
+    return str(ip)
+
+
+@dataclass
+class _Offence:
+    strikes: int
+    until: float
+    logged: bool = False
+
+
+class FloodCooldown:
+    """Addresses cut off for flooding, refused new sessions for a while.
+
+    Each cut-off (:meth:`strike`) refuses the address for ``secs``, doubled for each earlier
+    offence still remembered, at most ``max_secs``; an address is forgotten ``max_secs`` after its
+    cooldown ends. The table is bounded: expired entries are dropped whenever one is added, and past
+    ``max_entries`` the entry struck longest ago goes (an attacker with many addresses can only
+    shorten cooldowns, never grow memory). Refusals are logged once per cooldown, not per attempt.
+    """
+
+    def __init__(
+        self,
+        secs: float,
+        max_secs: float,
+        max_entries: int = COOLDOWN_TABLE_MAX,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.secs = secs
+        self.max_secs = max(max_secs, secs)
+        self.max_entries = max_entries
+        self.clock = clock
+        self._table: OrderedDict[str, _Offence] = OrderedDict()
+        self.refused = 0
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def strike(self, host: str | None) -> float:
+        """``host`` was cut off for flooding: refuse it from now on; returns the cooldown in seconds."""
+        key, now = address_key(host), self.clock()
+        self._expire(now)
+        old = self._table.pop(key, None)
+        strikes = 1 + (old.strikes if old is not None else 0)
+        secs = min(self.max_secs, self.secs * 2 ** min(strikes - 1, 32))
+        self._table[key] = _Offence(strikes, now + secs)
+        while len(self._table) > self.max_entries:
+            self._table.popitem(last=False)
+        logger.warning(
+            f"server: {key or 'a client'} was cut off for flooding (offence {strikes}); refusing its "
+            f"new sessions for {secs:g} s"
+        )
+        return secs
+
+    def retry_after(self, host: str | None) -> float | None:
+        """Seconds ``host`` is still refused for (None: admitted), counting and logging the refusal."""
+        key = address_key(host)
+        entry = self._table.get(key)
+        if entry is None:
+            return None
+        left = entry.until - self.clock()
+        if left <= 0:
+            return None
+        self.refused += 1
+        if not entry.logged:
+            entry.logged = True
+            logger.info(
+                f"server: refusing new sessions from {key or 'a client'} for {left:.0f} s more "
+                "(cut off for flooding); further refusals in this cooldown are not logged"
+            )
+        return left
+
+    def _expire(self, now: float) -> None:
+        for key in [k for k, e in self._table.items() if now > e.until + self.max_secs]:
+            del self._table[key]

@@ -3,6 +3,8 @@
 Used by ``benchmarks/flood_bench.py``: one client converses in real time while another (in its own
 process: ``python -m voxtral_pipeline.testing.flood URL``) sends audio as fast as the socket takes
 it. Traffic goes only where it is told (the bench uses 127.0.0.1) and is bounded in audio and time.
+The flooder can connect from another loopback address (``--local-addr 127.0.0.2``): the bot's
+flood cooldown is per address, and on one machine that is how a second host is modelled.
 """
 
 from __future__ import annotations
@@ -55,10 +57,12 @@ class FramesClient:
     """One client of the bot's WebSocket (pipecat's protobuf frames): sends 16-bit PCM, collects the
     events and audio it gets. The flood bench and the reliability tests both use it."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, local_addr: str | None = None):
+        """``local_addr``: the address to connect from (127.0.0.2: another host, as the bot sees it)."""
         from pipecat.serializers.protobuf import ProtobufFrameSerializer
 
         self.url = url
+        self.local_addr = local_addr
         self.events: list[dict[str, Any]] = []
         self.audio_bytes = 0
         self.closed = asyncio.Event()
@@ -70,7 +74,8 @@ class FramesClient:
     async def __aenter__(self) -> FramesClient:
         import websockets
 
-        self._ws = await websockets.connect(self.url, max_size=None)
+        extra = {"local_addr": (self.local_addr, 0)} if self.local_addr else {}
+        self._ws = await websockets.connect(self.url, max_size=None, **extra)
         self._receiver = asyncio.create_task(self._receive())
         return self
 
@@ -177,17 +182,23 @@ def cpu_secs(pid: int) -> float:
 
 
 async def flood(
-    url: str, pcm: bytes, max_audio_secs: float, max_wall_secs: float, reconnect: bool = False
+    url: str,
+    pcm: bytes,
+    max_audio_secs: float,
+    max_wall_secs: float,
+    reconnect: bool = False,
+    local_addr: str | None = None,
 ) -> dict[str, float]:
     """Send ``pcm`` over and over as fast as the socket takes it, until either bound is reached.
 
     Disconnected by the bot, it stops, or with ``reconnect`` connects again after 0.2 s (a
-    determined flooder).
+    determined flooder). ``refused_at_once`` counts connections closed before any of their audio
+    was sent (the bot's cooldown).
     """
     import websockets
 
     sent_bytes = 0
-    connections = refused = 0
+    connections = refused = at_once = 0
     start = time.monotonic()
 
     def more() -> bool:
@@ -195,8 +206,12 @@ async def flood(
 
     while more():
         connections += 1
+        before = sent_bytes
         try:
-            async with FramesClient(url) as client:
+            async with FramesClient(url, local_addr) as client:
+                await asyncio.sleep(0.05)  # a refusal's close frame comes at once
+                if client.closed.is_set():
+                    raise websockets.ConnectionClosedOK(None, None)
                 while more():
                     for i in range(0, len(pcm), STEP_BYTES):
                         await client.send_audio(pcm[i : i + STEP_BYTES].ljust(STEP_BYTES, b"\x00"))
@@ -204,6 +219,7 @@ async def flood(
                     await asyncio.sleep(0)
         except (websockets.ConnectionClosed, OSError, websockets.InvalidStatus):
             refused += 1
+            at_once += sent_bytes == before
             if not reconnect:
                 break
             await asyncio.sleep(0.2)
@@ -212,6 +228,7 @@ async def flood(
         "wall_secs": round(time.monotonic() - start, 1),
         "connections": connections,
         "disconnected": refused,
+        "refused_at_once": at_once,
     }
 
 
@@ -225,12 +242,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-audio-secs", type=float, default=9000.0)
     p.add_argument("--max-wall-secs", type=float, default=60.0)
     p.add_argument("--reconnect", action="store_true", help="connect again when disconnected")
+    p.add_argument("--local-addr", help="connect from this loopback address (127.0.0.2: another host)")
     args = p.parse_args(argv)
+    if args.local_addr and not args.local_addr.startswith("127."):
+        raise SystemExit("--local-addr must be a loopback address (127.x.x.x)")
     if not args.url.startswith(("ws://127.0.0.1:", "ws://localhost:", "ws://[::1]:")):
         raise SystemExit("the flooder only sends to a bot on this machine (ws://127.0.0.1:PORT/...)")
     os.environ.setdefault("LOGURU_LEVEL", "WARNING")
     pcm = speech_pcm(args.text)
-    result = asyncio.run(flood(args.url, pcm, args.max_audio_secs, args.max_wall_secs, args.reconnect))
+    result = asyncio.run(
+        flood(args.url, pcm, args.max_audio_secs, args.max_wall_secs, args.reconnect, args.local_addr)
+    )
     print(json.dumps(result), flush=True)
     return 0
 

@@ -254,17 +254,22 @@ def websocket_params(config: PipelineConfig, **overrides: Any) -> FastAPIWebsock
     return FastAPIWebsocketParams(**params)
 
 
-def build_websocket_transport(config: PipelineConfig, websocket: Any) -> FastAPIWebsocketTransport:
+def build_websocket_transport(
+    config: PipelineConfig, websocket: Any, on_flood: Callable[[], None] | None = None
+) -> FastAPIWebsocketTransport:
     """A transport for one accepted FastAPI/Starlette ``WebSocket``, its audio queue bounded.
 
     The queue holds ``max_audio_ahead_secs`` of 20 ms packets (at least 10): what the pacer lets
-    a client run ahead.
+    a client run ahead. A flooding client is disconnected; ``on_flood`` is called first (the
+    server puts the client's address in its cooldown).
     """
     server = config.transport.server
     params = websocket_params(config)
     pacer = params.serializer.pacer
 
     def disconnect() -> None:
+        if on_flood is not None:
+            on_flood()
         asyncio.ensure_future(_close(websocket, WS_CLOSE_FLOOD, "audio sent faster than real time"))
 
     pacer.flood_secs, pacer.on_flood = server.flood_disconnect_secs, disconnect
