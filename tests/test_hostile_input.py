@@ -345,6 +345,7 @@ async def test_a_flooder_cut_off_is_refused_new_sessions_for_its_cooldown_and_ot
             bot.cooldown.clock = lambda: now[0]
             async with WSClient(bot.url) as neighbour, WSClient(bot.url, "127.0.0.2") as flooder:
                 await poll(lambda: len(bot.sessions) == 2, "both sessions to start")
+                await neighbour.stream(bytes(2 * 16000 // 5), realtime=False)  # it has sent audio
                 silence = bytes(2 * 16000 * 5)
                 with pytest.raises(websockets.ConnectionClosed):
                     for _ in range(20):  # 100 s of audio as fast as the socket takes it
@@ -375,6 +376,7 @@ async def test_a_flooder_cut_off_is_refused_new_sessions_for_its_cooldown_and_ot
                 assert not neighbour.closed.is_set()
 
                 # Once the cooldown is over the flooder's address is admitted again.
+                await poll(lambda: len(bot.sessions) == 1, "the flooder's and the other's sessions to end")
                 now[0] += 30.5
                 async with WSClient(bot.url, "127.0.0.2") as back:
                     await poll(lambda: bot.sessions_built == built + 2, "the flooder's new session")
