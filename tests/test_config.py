@@ -83,3 +83,19 @@ def test_configuration_reference_is_in_sync():
     assert doc.read_text() == config_reference() + "\n", (
         "run: python -m voxtral_pipeline.config > docs/configuration.md"
     )
+
+
+def test_none_from_the_command_line_or_environment_unsets_an_optional_key():
+    # docs promise `none` turns these off; --set and the environment only carry text.
+    config = load_config(
+        overrides={
+            "transport.server.flood_disconnect_secs": "none",
+            "turns.end_of_turn.context_pause_secs": "null",
+        },
+        environ={"VOXTRAL_PIPELINE__TRANSPORT__SERVER__AUDIO_IDLE_SECS": "None"},
+    )
+    assert config.transport.server.flood_disconnect_secs is None
+    assert config.turns.end_of_turn.context_pause_secs is None
+    assert config.transport.server.audio_idle_secs is None
+    with pytest.raises(ConfigError, match="turns.max_silence_secs"):  # not optional: still an error
+        load_config(overrides={"turns.max_silence_secs": "none"}, environ={})

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import sys
+import types
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -34,8 +35,28 @@ class ConfigError(Exception):
     """A configuration that cannot be used; the message is meant for the user as is."""
 
 
+def _allows_none(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _none_from_text(cls, data: Any) -> Any:
+        """``none``/``null`` from ``--set`` or the environment (text only) unset an optional key."""
+        if not isinstance(data, dict):
+            return data
+        for name, field in cls.model_fields.items():
+            value = data.get(name)
+            if (
+                isinstance(value, str)
+                and value.strip().lower() in ("none", "null")
+                and _allows_none(field.annotation)
+            ):
+                data = {**data, name: None}
+        return data
 
 
 class VADConfig(_Strict):
