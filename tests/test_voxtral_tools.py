@@ -718,3 +718,72 @@ async def test_vllm_a_call_within_max_tokens_still_runs(tiny_bundle):
             await h.send(make_utterance(1.0))
             await h.wait_down(count(LLMFullResponseEndFrame))
     assert ran == [{"tz": "UTC"}] and service.turn_stats[0].error is None
+
+
+def _nothing_said_warnings(lines: list[str]) -> list[str]:
+    return [line for line in lines if "before anything could be said" in line]
+
+
+async def test_vllm_an_answer_cut_before_the_function_name_is_told_too(tiny_bundle, warnings):
+    """Cut right after the call marker, vLLM streams no text and no call, with ``length``: the
+    turn is not left mute, it warns and apologises like a cut call; the next turn is answered."""
+    from tests.vllm_protocol_server import VLLMProtocolServer
+
+    async with VLLMProtocolServer(tiny_bundle.tokenizer) as server:
+        server.tool_calls_next = [[]]  # the marker, then the limit
+        server.cut_next = "length"
+        service, ran = _get_time_service(_vllm_config(server.base_url, max_new_tokens=12))
+        h = await _cut_turn_then_another(service)
+
+    assert ran == [] and len(server.requests) == 2
+    assert not [f for f in h.up if isinstance(f, ErrorFrame)]
+    assert "".join(_texts(_first_turn(h.down))) == ""
+    assert [f.text for f in h.down if isinstance(f, TTSSpeakFrame)] == [APOLOGY]
+    assert h.down.index(next(f for f in h.down if isinstance(f, TTSSpeakFrame))) == len(_first_turn(h.down))
+    cut = _nothing_said_warnings(warnings)
+    assert len(cut) == 1 and "(12 new tokens)" in cut[0] and "voxtral.max_new_tokens" in cut[0]
+    assert cut[0] in _cut_warnings(warnings)  # the same kind of warning as a cut call's
+    assert "cut off" in (service.turn_stats[0].error or "") and service.turn_stats[1].error is None
+    assert "".join(_texts(h.down)) == "".join(server.reply_words)  # the second turn's answer
+
+
+async def test_vllm_an_answer_that_ends_with_nothing_is_not_a_cut(tiny_bundle, warnings):
+    """Nothing said but the model ended it (no limit): no warning, no apology."""
+    from tests.vllm_protocol_server import VLLMProtocolServer
+
+    async with VLLMProtocolServer(tiny_bundle.tokenizer) as server:
+        server.tool_calls_next = [[]]
+        service, _ = _get_time_service(_vllm_config(server.base_url, max_new_tokens=12))
+        async with StageHarness(service) as h:
+            await h.send(make_utterance(1.0))
+            await h.wait_down(count(LLMFullResponseEndFrame))
+    assert not [f for f in h.down if isinstance(f, TTSSpeakFrame)]
+    assert not _cut_warnings(warnings) and service.turn_stats[0].error is None
+
+
+@pytest.mark.parametrize(
+    "ids, empty_call",
+    [
+        pytest.param([TOOL_CALLS_TOKEN_ID], True, id="call-marker-alone"),
+        pytest.param(tiny_ids("  "), False, id="only-whitespace"),
+    ],
+)
+async def test_an_engine_answer_cut_before_it_said_anything_is_told(
+    tiny_bundle, monkeypatch, warnings, ids, empty_call
+):
+    """The in-process engine, the same rule: the limit ends the answer with nothing spoken (the
+    call marker alone, or no speakable text yet): one warning naming the limit, the apology."""
+    forced = [*ids, *tiny_ids("Hi"), EOS_TOKEN_ID]
+    spy = GenerateSpy(tiny_bundle.model, monkeypatch)
+    ForcedGeneration(tiny_bundle.model, monkeypatch, _force_on_new_turns(forced))
+    service, ran = _get_time_service(_config(max_new_tokens=len(ids)), tiny_bundle)
+    h = await _cut_turn_then_another(service)
+
+    assert ran == [] and len(spy.calls) == 2 and spy.calls[0]["output_ids"] == ids
+    assert not "".join(_texts(_first_turn(h.down))).strip()
+    apology = h.down.index(next(f for f in h.down if isinstance(f, TTSSpeakFrame)))
+    assert apology == len(_first_turn(h.down)) and h.down[apology].text == APOLOGY
+    cut = _cut_warnings(warnings)
+    assert len(cut) == 1 and f"({len(ids)} new tokens)" in cut[0] and "voxtral.max_new_tokens" in cut[0]
+    assert bool(_nothing_said_warnings(warnings)) is not empty_call  # the marker: a call, nameless
+    assert "cut off" in (service.turn_stats[0].error or "") and service.turn_stats[1].error is None

@@ -63,7 +63,9 @@ class VLLMProtocolServer:
             True  # as if started with --enable-auto-tool-choice --tool-call-parser mistral
         )
         #: Calls to stream, one list per request that ends with a user message: (name, arguments),
-        #: the arguments as an object or as the raw JSON text streamed (partial, or empty).
+        #: the arguments as an object or as the raw JSON text streamed (partial, or empty). An empty
+        #: list is the call marker alone: nothing streamed (with ``cut_next = "length"``: the limit
+        #: cut the answer before a function name, as vLLM's Mistral parser streams it).
         self.tool_calls_next: list[list[tuple[str, dict[str, Any] | str]]] = []
         #: End the next call stream as if max_tokens cut it, with this finish_reason (vLLM's own
         #: is "tool_calls": it reports that whenever its parser streamed a call).
@@ -197,7 +199,9 @@ class VLLMProtocolServer:
         await send({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]})
         if body.get("tools") and body["messages"][-1]["role"] == "user" and self.tool_calls_next:
             streamed = await self._stream_tool_calls(send, base, self.tool_calls_next.pop(0))
-            finish, tokens = "tool_calls", streamed + 1  # the end-of-sequence token counts
+            # vLLM says "tool_calls" only once its parser has a call; after the marker alone it
+            # streams nothing and gives the engine's own reason. The end-of-sequence token counts.
+            finish, tokens = "tool_calls" if streamed else "stop", streamed + 1
             if self.cut_next is not None:
                 finish, tokens, self.cut_next = self.cut_next, body.get("max_tokens", streamed), None
             await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})

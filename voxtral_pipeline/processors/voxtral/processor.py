@@ -92,6 +92,7 @@ from voxtral_pipeline.processors.voxtral.tools import (
     ToolCallStream,
     check_function_name,
     cut_off_message,
+    nothing_said_message,
 )
 
 #: Where spoken turns come from: pipecat's user aggregator (its ``UserStarted/StoppedSpeakingFrame``
@@ -112,7 +113,8 @@ class VoxtralLLMService(LLMService):
     kept out of the conversation, so the user hears why nothing (or only part of an answer) came
     and asks again: by default (None) the session language's apology; an empty string says nothing.
     A function call cut off by the token limit is not run: a warning is logged and
-    :attr:`error_reply` is spoken too (see docs/tools.md).
+    :attr:`error_reply` is spoken too, as for an answer the limit ended before it said anything
+    or made a call (see docs/tools.md).
     """
 
     Settings = VoxtralLLMSettings
@@ -606,10 +608,16 @@ class VoxtralLLMService(LLMService):
             async def feed(text: str, stream: ToolCallStream = stream) -> None:
                 await self._emit(turn, stream.feed(text))
 
+            said_before = len(turn.text)
             result = await self._backend.answer(job, feed, stream.add_calls)
             total = result if total is None else _merged(total, result)
             calls = stream.calls()
             if not calls:
+                if result.finish_reason == "length" and not turn.text[said_before:].strip():
+                    # Silent and cut: the model was starting a call (vLLM streams nothing before its
+                    # name) or had nothing speakable yet. Told like a cut call, so no turn ends mute.
+                    turn.stats.error = nothing_said_message(job.max_new_tokens)
+                    logger.warning(f"{self}: turn {turn.index}: {turn.stats.error}")
                 break
             if turn.speculation is not None:
                 # Not confirmed yet: never run functions (or touch the context) for a turn the

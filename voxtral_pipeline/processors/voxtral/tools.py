@@ -13,7 +13,8 @@ the tokenizer version (both are parsed, like vLLM's Mistral tool parser):
 spoken, everything from the marker on is held back and parsed when the model stops. A call that
 cannot be parsed carries its error, which goes back to the model as the call's result. A call cut
 off by the token limit is another matter (the model did nothing wrong, and its name or arguments
-may be partial): it is never run nor sent back; :func:`cut_off_message` says what was lost.
+may be partial): it is never run nor sent back; :func:`cut_off_message` says what was lost. An
+answer the limit ended with neither text nor a call is told the same way (:func:`nothing_said_message`).
 """
 
 from __future__ import annotations
@@ -224,6 +225,19 @@ def cut_off_message(names: list[str], max_new_tokens: int) -> str:
         listed = ", ".join(repr(n[:64]) for n in names)
         what = f"the last of the function calls to {listed} was cut off {limit}; none of them is run"
     return f"{what}; raise voxtral.max_new_tokens (or the max_tokens setting) above the longest call"
+
+
+def nothing_said_message(max_new_tokens: int) -> str:
+    """What a log says when the token limit ended an answer that had neither spoken text nor a call.
+
+    The model was most likely starting a function call (vLLM streams nothing after the call
+    marker until the name is complete) or had written only what cannot be spoken yet.
+    """
+    return (
+        f"the answer was cut off by the token limit ({max_new_tokens} new tokens) before anything could "
+        "be said (the model may have been starting a function call); nothing is run; raise "
+        "voxtral.max_new_tokens (or the max_tokens setting)"
+    )
 
 
 def check_function_name(name: str) -> None:
