@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import threading
 
 import numpy as np
 import pytest
@@ -172,3 +173,29 @@ async def test_the_stream_says_whether_max_tokens_cut_the_answer(tiny_bundle):
             await client.close()
     words = server.reply_words
     assert ends == [("length", "".join(words[:3])), ("stop", "".join(words))]
+
+
+async def test_a_transcript_asks_for_the_limit_it_is_given(tiny_bundle):
+    """The backend sends the caller's limit (the stage's, the one the in-process engine gets),
+    not one of its own; the idle-time transcripts use the one formula for both backends."""
+    from voxtral_pipeline.processors.voxtral.backend import VLLMBackend
+    from voxtral_pipeline.processors.voxtral.idle import transcript_max_tokens
+
+    async with VLLMProtocolServer(tiny_bundle.tokenizer) as server:
+        config = _config(server.base_url, api_key=None)
+        backend = VLLMBackend(config, "s")
+        await backend.start()
+        try:
+            for limit in (40, 17):
+                text = await backend.transcribe(np.zeros(16000, np.float32), "fr", threading.Event(), limit)
+                assert text.startswith("transcript")
+        finally:
+            await backend.close()
+        service = VoxtralLLMService(config.model_copy(update={"transcribe_history": True}))
+        async with StageHarness(service) as h:
+            await h.send(make_utterance(2.5, seed=5))
+            await h.wait_down(count(LLMFullResponseEndFrame))
+            await wait_until(lambda: len(server.transcriptions) == 3, "idle-time transcript")
+    sent = [(f["max_completion_tokens"], f.get("language")) for f in server.transcription_fields]
+    assert sent[:2] == [("40", "fr"), ("17", "fr")]
+    assert sent[2][0] == str(transcript_max_tokens(2.5)) == "36"

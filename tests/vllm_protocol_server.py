@@ -55,6 +55,8 @@ class VLLMProtocolServer:
         self.api_key = api_key
         self.requests: list[ReceivedRequest] = []
         self.transcriptions: list[np.ndarray] = []
+        #: The form fields of each transcription request (all but the file).
+        self.transcription_fields: list[dict[str, str]] = []
         self.reply_words = ["Hello", " there,", " how", " can", " I", " help?"]
         self.fail_next: int | None = None  # HTTP status for the next chat request
         self.hang_next = False  # send headers, then nothing
@@ -269,6 +271,7 @@ class VLLMProtocolServer:
         upload = form["file"]
         samples, _ = sf.read(io.BytesIO(upload.file.read()), dtype="float32")  # type: ignore[union-attr]
         self.transcriptions.append(samples)
+        self.transcription_fields.append({k: str(v) for k, v in form.items() if k != "file"})
         return web.json_response({"text": f"transcript {len(self.transcriptions)}"})
 
 

@@ -292,7 +292,7 @@ class VLLMBackend(VoxtralBackend):
     async def transcribe(
         self, audio: np.ndarray, language: str | None, cancel: threading.Event, max_new_tokens: int
     ) -> str | None:
-        return await self.client.transcribe(audio, language)
+        return await self.client.transcribe(audio, language, max_new_tokens)
 
     async def complete(
         self, messages: list[dict[str, Any]], max_new_tokens: int, temperature: float, top_p: float

@@ -23,6 +23,14 @@ if TYPE_CHECKING:
     from voxtral_pipeline.processors.voxtral.processor import VoxtralLLMService
 
 
+def transcript_max_tokens(secs: float) -> int:
+    """A transcript's token limit, on either backend: 8 tokens a second of audio, plus 16.
+
+    Without a bound a random or confused model's transcript runs to the context limit.
+    """
+    return max(16, int(secs * 8) + 16)
+
+
 class IdleWork:
     """The idle-time work of one stage (at most one run at a time)."""
 
@@ -80,7 +88,7 @@ class IdleWork:
                 return
             try:
                 text = await s.backend.transcribe(
-                    turn.audio, c.transcription_language, cancel, max(16, int(turn.duration_secs * 8) + 16)
+                    turn.audio, c.transcription_language, cancel, transcript_max_tokens(turn.duration_secs)
                 )
             except asyncio.CancelledError:
                 raise

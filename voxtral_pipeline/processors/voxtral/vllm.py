@@ -191,16 +191,18 @@ class VLLMClient:
         finally:
             result.generate_s = time.perf_counter() - t0
 
-    async def transcribe(self, samples: Any, language: str | None) -> str:
-        """The server's transcript of 16 kHz float samples (``/v1/audio/transcriptions``)."""
+    async def transcribe(self, samples: Any, language: str | None, max_tokens: int) -> str:
+        """The server's transcript of 16 kHz float samples (``/v1/audio/transcriptions``).
+
+        ``max_tokens`` bounds it (the caller's limit, the one the in-process engine gets): without
+        one a transcript can run to the context limit (a random or confused model never stops).
+        """
         url = self.config.base_url.rstrip("/") + "/audio/transcriptions"
         form = aiohttp.FormData()
         form.add_field("file", wav_bytes(samples, SAMPLE_RATE), filename="turn.wav", content_type="audio/wav")
         form.add_field("model", self.config.model)
         form.add_field("temperature", "0")
-        # Without a limit a transcript can run to the context limit (a random or confused model
-        # never stops). The in-process engine's bound: 8 tokens a second of audio, plus 16.
-        form.add_field("max_completion_tokens", str(max(16, int(len(samples) / SAMPLE_RATE * 8) + 16)))
+        form.add_field("max_completion_tokens", str(max_tokens))
         if language:
             form.add_field("language", language)
         try:
