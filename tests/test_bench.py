@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from tests.voxtral_fixtures import tiny_bundle_fixture  # noqa: F401  (the tiny_bundle fixture)
 from voxtral_pipeline.bench import BenchError, compare, default_input, flatten_figures, load_result
 from voxtral_pipeline.cli import main
 from voxtral_pipeline.testing.speech import conversation, needs_espeak, write_wav
@@ -200,3 +201,39 @@ def test_silent_conversation_is_a_clear_error_and_writes_nothing(tmp_path, capsy
     last = capsys.readouterr().err.strip().splitlines()[-1]  # after the model loader's progress bar
     assert last.startswith("voxtral-pipeline bench: error: no speech was heard")
     assert not out.exists()
+
+
+@needs_espeak
+def test_bench_on_vllm_asks_for_the_reply_tokens(tmp_path, capsys, tiny_bundle):
+    """``--reply-tokens`` fixes every answer's length on vLLM too (``min_tokens`` with
+    ``max_tokens``), so its numbers compare with the in-process engine's."""
+    import asyncio
+    import threading
+
+    from tests.vllm_protocol_server import VLLMProtocolServer
+
+    # The stand-in serves from its own thread: the bench runs in the main one (its signal handlers).
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    server = VLLMProtocolServer(tiny_bundle.tokenizer)
+    asyncio.run_coroutine_threadsafe(server.__aenter__(), loop).result(30)
+    wav = write_wav(tmp_path / "one.wav", conversation(["What is the capital of France?"]))
+    out = tmp_path / "results"
+    reply = len(server.reply_words) + 3  # past where the stand-in's answer would end
+    args = ["bench", "--vllm", server.base_url, "--input", str(wav), "--out", str(out), "--name", "v"]
+    args += ["--reply-tokens", str(reply), "--no-stock", "--no-chart"]
+    args += ["--set", "transport.file.idle_secs=0.5", "--set", "transport.file.tail_secs=0.5"]
+    try:
+        assert main(args) == 0
+    finally:
+        asyncio.run_coroutine_threadsafe(server.__aexit__(None, None, None), loop).result(30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(30)
+        loop.close()
+    assert server.requests and all(
+        (r.body["max_tokens"], r.body.get("min_tokens")) == (reply, reply) for r in server.requests
+    )
+    result = json.loads((out / "v.json").read_text())
+    assert result["voxtral_backend"] == "vllm"
+    assert [t["completion_tokens"] for t in result["runs"]["chunker"]["turns"]] == [reply]

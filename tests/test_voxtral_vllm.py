@@ -199,3 +199,28 @@ async def test_a_transcript_asks_for_the_limit_it_is_given(tiny_bundle):
     sent = [(f["max_completion_tokens"], f.get("language")) for f in server.transcription_fields]
     assert sent[:2] == [("40", "fr"), ("17", "fr")]
     assert sent[2][0] == str(transcript_max_tokens(2.5)) == "36"
+
+
+async def test_min_new_tokens_go_to_vllm_as_min_tokens(tiny_bundle):
+    """A fixed answer length (the benchmarks') holds vLLM's end off too: ``min_tokens`` in the body,
+    capped at ``max_tokens`` (vLLM refuses more), none without one."""
+    async with VLLMProtocolServer(tiny_bundle.tokenizer) as server:
+        config = _config(server.base_url, api_key=None)
+        reply = len(server.reply_words) + 4  # past where the stand-in's answer would end
+        services = [
+            VoxtralLLMService(config, min_new_tokens=reply),
+            VoxtralLLMService(config, min_new_tokens=500),  # over max_tokens (64)
+            VoxtralLLMService(config),
+        ]
+        texts = []
+        for service in services:
+            async with StageHarness(service) as h:
+                await h.send(make_utterance(1.0))
+                await h.wait_down(count(LLMFullResponseEndFrame))
+            assert not [f for f in h.up if isinstance(f, ErrorFrame)]
+            texts.append(_texts(h.down))
+    bodies = [r.body for r in server.requests]
+    assert [b.get("min_tokens") for b in bodies] == [reply, 64, None]
+    assert [b["max_tokens"] for b in bodies] == [64, 64, 64]
+    assert [len(t) for t in texts] == [reply, 64, len(server.reply_words)]
+    assert [s.turn_stats[0].completion_tokens for s in services] == [reply, 64, len(server.reply_words)]

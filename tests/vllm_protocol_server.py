@@ -9,7 +9,9 @@ messages accepted by mistral-common's chat validator (the same ``apply_chat_temp
 queued in ``tool_calls_next`` is streamed as ``tool_calls`` deltas (finish reason ``tool_calls``)
 the way vLLM's Mistral tool parser streams one; ``cut_next`` ends such a stream as if ``max_tokens``
 had cut the call (vLLM still says ``tool_calls`` then: only the usage shows the limit was hit). An
-answer the limit cuts ends with ``length``, as vLLM's does. It keeps every request (with its decoded audio)
+answer the limit cuts ends with ``length``, as vLLM's does; ``min_tokens`` is checked as vLLM's
+sampling parameters check it (at most ``max_tokens``) and holds the end off (the reply's words
+repeat). It keeps every request (with its decoded audio)
 for the test to check, and can be told to fail, hang or drop the next request.
 """
 
@@ -109,9 +111,19 @@ class VLLMProtocolServer:
             return f"The model `{body.get('model')}` does not exist."
         if body.get("stream") is not True:
             return "this server only streams"
-        for key, kind in (("temperature", (int, float)), ("top_p", (int, float)), ("max_tokens", int)):
+        for key, kind in (
+            ("temperature", (int, float)),
+            ("top_p", (int, float)),
+            ("max_tokens", int),
+            ("min_tokens", int),
+        ):
             if key in body and not isinstance(body[key], kind):
                 return f"{key} has the wrong type"
+        min_tokens, max_tokens = body.get("min_tokens", 0), body.get("max_tokens")
+        if min_tokens < 0:  # vLLM's SamplingParams checks
+            return f"min_tokens must be greater than or equal to 0, got {min_tokens}."
+        if max_tokens is not None and min_tokens > max_tokens:
+            return f"min_tokens must be less than or equal to max_tokens={max_tokens}, got {min_tokens}."
         if (problem := self._check_tools(body)) is not None:
             return problem
         messages = body.get("messages")
@@ -216,7 +228,10 @@ class VLLMProtocolServer:
             await resp.write(b"data: [DONE]\n\n")
             await resp.write_eof()
             return resp
-        words = self.reply_words[: body.get("max_tokens", len(self.reply_words))]
+        # min_tokens holds the end off: the reply goes on (its words again) until that many are out.
+        wanted = max(len(self.reply_words), body.get("min_tokens", 0))
+        reply = [self.reply_words[i % len(self.reply_words)] for i in range(wanted)]
+        words = reply[: body.get("max_tokens", wanted)]
         for i, word in enumerate(words):
             await send({**base, "choices": [{"index": 0, "delta": {"content": word}, "finish_reason": None}]})
             if self.drop_next and i == 1:
@@ -225,7 +240,7 @@ class VLLMProtocolServer:
                 assert request.transport is not None
                 request.transport.close()
                 return resp
-        finish = "length" if len(words) < len(self.reply_words) else "stop"
+        finish = "length" if len(words) < len(reply) else "stop"
         await send({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
         usage = {
             "prompt_tokens": received.prompt_tokens,

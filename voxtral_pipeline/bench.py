@@ -9,8 +9,9 @@ chosen models, twice:
   (pipecat's ``TextAggregationMode.SENTENCE``), the baseline a stock pipecat pipeline would have.
 
 Both use the metrics stage's waterfall (docs/metrics.md). Every answer is exactly
-``--reply-tokens`` tokens (EOS suppressed until then; 0 lets the model end them), so the two runs
-speak the same text and the dummy models' random answers are not cut to a word or two. The result
+``--reply-tokens`` tokens (EOS suppressed until then, on vLLM by ``min_tokens``; 0 lets the model
+end them), so the two runs speak the same text and the dummy models' random answers are not cut
+to a word or two. The result
 is a table (p50/p95 of every mark and stage time, and stock/chunker ratios), a JSON file with every
 turn and the machine, and a PNG waterfall chart. ``--compare BASELINE.json`` then lists the
 figures that got worse than the baseline by more than the tolerance and exits with status 1 if any

@@ -281,6 +281,7 @@ class VLLMBackend(VoxtralBackend):
             temperature=job.temperature,
             top_p=job.top_p,
             tools=job.tools,
+            min_tokens=job.min_new_tokens,
         )
         result = EngineResult(audio_tokens=_audio_tokens(job.messages))
         deltas: dict[int, dict[str, str]] = {}

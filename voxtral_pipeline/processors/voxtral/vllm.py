@@ -92,7 +92,12 @@ class VLLMClient:
         temperature: float,
         top_p: float,
         tools: list[dict[str, Any]] | None = None,
+        min_tokens: int = 0,
     ) -> dict[str, Any]:
+        """The streaming request; ``min_tokens`` (vLLM's sampling parameter) holds off the end of
+        the answer, as ``min_new_tokens`` does on the in-process engine (benchmarks: fixed lengths).
+        vLLM refuses one above ``max_tokens``: it is capped there (the limit wins on both backends).
+        """
         body = {
             "model": self.config.model,
             "messages": openai_messages(conversation),
@@ -103,6 +108,8 @@ class VLLMClient:
             "max_tokens": max_tokens,
             "user": self.session_id,
         }
+        if min_tokens > 0:
+            body["min_tokens"] = min(min_tokens, max_tokens)
         if tools:
             body["tools"] = tools
             body["tool_choice"] = "auto"
