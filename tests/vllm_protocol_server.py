@@ -11,8 +11,8 @@ the way vLLM's Mistral tool parser streams one; ``cut_next`` ends such a stream 
 had cut the call (vLLM still says ``tool_calls`` then: only the usage shows the limit was hit). An
 answer the limit cuts ends with ``length``, as vLLM's does; ``min_tokens`` is checked as vLLM's
 sampling parameters check it (at most ``max_tokens``) and holds the end off (the reply's words
-repeat). It keeps every request (with its decoded audio)
-for the test to check, and can be told to fail, hang or drop the next request.
+repeat). It keeps every request (with its decoded audio) for the test to check, and can be told
+to fail, hang or drop the next request.
 """
 
 from __future__ import annotations

@@ -148,7 +148,8 @@ class VoxtralLLMService(LLMService):
             engine: A shared engine to use.
             warmup: Override ``config.warmup`` (one short generation per engine at start-up).
             session_id: Id of this session (KV cache key, vLLM routing); a random one by default.
-            min_new_tokens: Do not stop at EOS before this many tokens (benchmarks: fixed lengths).
+            min_new_tokens: Do not stop at EOS before this many tokens (benchmarks: fixed lengths;
+                vLLM's ``min_tokens``).
             tools: Functions offered to the model (pipecat schemas); register their handlers with
                 :meth:`register_function` (or give them in the schemas). See docs/tools.md.
             context: The conversation, shared with an ``LLMContextAggregatorPair``; a new one
