@@ -91,7 +91,7 @@ class InterruptionConfig(_Strict):
         "vad.start_secs), so barge-in is quick.",
     )
     echo_margin_db: float = Field(
-        4.0,
+        2.0,
         ge=0.0,
         le=60.0,
         description="While the bot speaks, speech must be no more than this far below the user's own voice "

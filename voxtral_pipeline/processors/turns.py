@@ -83,6 +83,11 @@ def _window_db(audio: bytes) -> float:
     return float(10 * np.log10(np.mean(x * x) + 1e-12)) if x.size else -120.0
 
 
+#: How much lower than the echo gate a window may be and still hold speech that has begun while the
+#: bot speaks (see TurnVADAnalyzer).
+_HOLD_EXTRA_DB = 6.0
+
+
 class TurnVADAnalyzer(SileroVADAnalyzer):
     """pipecat's Silero VAD, with a quicker, echo-gated start while the bot is speaking.
 
@@ -173,7 +178,13 @@ class TurnVADAnalyzer(SileroVADAnalyzer):
             # bot was still audible: CI split "Who wrote | Pride and Prejudice?" in two.
             return self._smoothed
         if self._bot_speaking:
-            return 1.0 if level >= self.echo_gate_db else 0.0
+            gate = self.echo_gate_db
+            if self._vad_state in (VADState.SPEAKING, VADState.STOPPING):
+                # Speech already under way (not yet a turn: min_speech_ms) is held by a lower bar,
+                # so the quiet windows between a question's words do not end it; the bot's echo
+                # alone (-10 dB) stays under it and a backchannel still ends with itself.
+                gate -= _HOLD_EXTRA_DB
+            return 1.0 if level >= gate else 0.0
         if self._vad_state == VADState.SPEAKING and level > -60.0:
             self._levels.append(level)
         return self._smoothed
