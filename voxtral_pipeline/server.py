@@ -262,12 +262,15 @@ class BotServer:
             return None
         return self.cooldown.retry_after(client.host if client is not None else None)
 
+    @staticmethod
+    def _cooldown_message(left: float) -> str:
+        return f"this address was cut off for flooding; try again in {math.ceil(left)} s"
+
     def _cooldown_response(self, left: float) -> JSONResponse:
-        secs = math.ceil(left)
         return JSONResponse(
-            {"error": f"this address was cut off for flooding; try again in {secs} s"},
+            {"error": self._cooldown_message(left)},
             status_code=429,
-            headers={"Retry-After": str(secs)},
+            headers={"Retry-After": str(math.ceil(left))},
         )
 
     def _busy_message(self) -> str:
@@ -612,8 +615,7 @@ class BotServer:
                 return
             left = self._cooling_down(websocket.client)
             if left is not None:  # logged once per cooldown by the table
-                why = f"this address was cut off for flooding; try again in {math.ceil(left)} s"
-                await websocket.close(WS_CLOSE_COOLDOWN, why)
+                await websocket.close(WS_CLOSE_COOLDOWN, self._cooldown_message(left))
                 return
             if self.active_sessions >= self.config.transport.server.max_sessions:
                 logger.info("websocket: refused a session, at the limit")

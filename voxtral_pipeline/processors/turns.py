@@ -95,8 +95,9 @@ class TurnVADAnalyzer(SileroVADAnalyzer):
     over pipecat's 400 ms BS.1770 window, clears ``min_volume``: with onset lag that stopped the bot
     350 ms (p50) after the user began (issue 15). While the bot speaks (:attr:`bot_speaking`, set by
     the start strategy) a start needs only ``barge_in_secs`` of speech, and each 32 ms window is
-    gated by its own level instead (until that speech has started a turn: then the usual smoothed
-    loudness decides its stop): at least ``echo_margin_db`` below the user's own voice, learned
+    gated by its own level instead (once speech is under way, by a bar ``_HOLD_EXTRA_DB`` lower;
+    once it has started a turn, the usual smoothed loudness decides its stop): at most
+    ``echo_margin_db`` below the user's own voice, learned
     from the loud windows of their speech while the bot was silent. The bot's voice leaking back
     into the microphone is quieter than the user speaking into it (at -10 dB it stays under the
     gate), so it does not interrupt; the user talking over it does. Before the user has spoken the
